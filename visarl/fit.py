@@ -1,0 +1,105 @@
+"""The one entry point of every stage.
+
+    python -m visarl.fit --config conf/<stage>/<name>.yaml [dotted.key=value ...]
+    python -m visarl.fit --resume runs/<name>/<run> [dotted.key=value ...]
+
+Reads the config, validates it against the stage's schema, creates (or reopens) the run
+directory with the resolved ``config.yaml``, seeds everything, and calls the stage's runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visarl.config import ConfigError, RunConfig, build, load_yaml, parse_overrides, to_yaml
+from visarl.registry import RunContext, get_stage, known_stages
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices). Environments are seeded by their runner from cfg.seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    import torch
+
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _stage_of(raw: dict, source: str) -> str:
+    stage = raw.get("stage")
+    if not stage:
+        raise ConfigError(f"{source}: no 'stage:' key; known stages: {', '.join(known_stages())}")
+    if not isinstance(stage, str):
+        raise ConfigError(f"{source}: stage: {stage!r} is not a valid str")
+    return stage
+
+
+def resolve(config: str | None, resume: str | None, overrides: list[str]) -> tuple[RunConfig, Path, bool]:
+    """Build the config and choose the run directory, without creating anything on disk."""
+    extra = parse_overrides(overrides)
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no {saved})")
+        raw = load_yaml(saved)
+        stage_name = _stage_of(raw, str(saved))
+        if "stage" in extra and extra["stage"] != stage_name:
+            raise ConfigError(f"--resume {run_dir}: cannot change stage from {stage_name!r} to {extra['stage']!r}")
+        cfg = build(get_stage(stage_name).schema, raw, extra)
+        return cfg, run_dir, True
+    if config is None:
+        raise ConfigError("give --config FILE (or --resume RUN_DIR)")
+    raw = load_yaml(config)
+    stage_name = str(extra.get("stage") or _stage_of(raw, config))
+    schema = get_stage(stage_name).schema
+    cfg = build(schema, raw, extra)
+    cfg.name = cfg.name or Path(config).stem
+    cfg.run = cfg.run or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return cfg, Path(cfg.output_dir) / cfg.name / cfg.run, False
+
+
+def run(config: str | None = None, overrides: list[str] | None = None, resume: str | None = None) -> Any:
+    """Programmatic twin of the command line; returns whatever the stage's runner returns."""
+    cfg, run_dir, resuming = resolve(config, resume, list(overrides or []))
+    if not resuming:
+        if (run_dir / "config.yaml").exists():
+            raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another run=")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "config.yaml.tmp"
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, run_dir / "config.yaml")
+    seed_everything(cfg.seed)
+    return get_stage(cfg.stage).runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m visarl.fit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML config file (conf/<stage>/<name>.yaml)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run stored in RUN_DIR")
+    parser.add_argument("--list-stages", action="store_true", help="print the known stages and exit")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        if args.list_stages:
+            print("\n".join(known_stages()))
+            return 0
+        if args.config and args.resume:
+            raise ConfigError("give either --config or --resume, not both")
+        run(args.config, args.overrides, args.resume)
+    except ConfigError as e:
+        print(f"visarl.fit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
