@@ -1,0 +1,139 @@
+"""`stage: collect`: run a policy in vectorized pixel envs and write every transition to HDF5 shards.
+
+The random policy is here; the state-based SAC policy (whose replay buffer becomes the paper's
+200k-frame pretraining dataset) is added by the SAC loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.data.shards import ShardWriter, list_shards, summarize
+from visarl.envs import EnvConfig, env_kwargs, make_vector_env
+from visarl.registry import RunContext, register_stage
+
+
+@dataclass
+class CollectConfig(RunConfig):
+    """Collect transitions from a task into replay shards."""
+
+    stage: str = "collect"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The pixel environment."""
+    policy: str = "random"
+    """Which policy acts: 'random' (uniform actions)."""
+    num_steps: int = 2000
+    """Transitions to collect in total, over all envs (the paper's datasets hold 200k frames)."""
+    num_envs: int = 1
+    """Environments stepped in parallel, each in its own worker process when > 1."""
+    rows_per_shard: int = 5000
+    """Rows (frames) per HDF5 shard."""
+    data_dir: str = ""
+    """Where shards go; default data/<task>/replay."""
+    append: bool = False
+    """Allow adding shards to a data_dir that already holds some (otherwise that is an error)."""
+
+    def __post_init__(self) -> None:
+        choice("policy", self.policy, ["random"])
+        for key in ("num_steps", "num_envs", "rows_per_shard"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+
+
+def default_data_dir(task: str) -> Path:
+    return Path("data") / task / "replay"
+
+
+@register_stage("collect", CollectConfig)
+def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
+    """Collect ``cfg.num_steps`` transitions; on resume, only what the run's shards still lack."""
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.env.task)
+    state_file = ctx.run_dir / "collect_state.json"
+    done_steps = 0
+    if ctx.resume and state_file.exists():
+        done_steps = int(json.loads(state_file.read_text())["steps_written"])
+    elif list_shards(data_dir) and not cfg.append and not ctx.resume:
+        raise ConfigError(
+            f"data_dir {data_dir} already holds {len(list_shards(data_dir))} shards; "
+            "pass append=true to add to them or data_dir=<another folder>"
+        )
+    remaining = cfg.num_steps - done_steps
+    if remaining <= 0:
+        print(f"collect: nothing left to do, {done_steps} steps already in {data_dir}")
+        return summarize(data_dir)
+
+    attrs = {
+        "task": cfg.env.task,
+        "camera": cfg.env.camera,
+        "image_size": cfg.env.image_size,
+        "action_repeat": cfg.env.action_repeat,
+        "config": to_yaml(cfg),
+    }
+    # A resumed run seeds its envs differently, so it does not replay the episodes it already wrote.
+    seed = cfg.seed + 1000 * (done_steps > 0) * (1 + done_steps)
+    envs = make_vector_env(cfg.num_envs, seed=seed, **env_kwargs(cfg.env))
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(data_dir, rows_per_shard=cfg.rows_per_shard, attrs=attrs)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(ctx.run_dir))
+    obs, _ = envs.reset(seed=seed)
+    for i in range(cfg.num_envs):
+        writer.add_first(i, {k: v[i] for k, v in obs.items()})
+    needs_reset = np.zeros(cfg.num_envs, dtype=bool)
+    ep_return = np.zeros(cfg.num_envs)
+    returns: list[float] = []
+    successes: list[float] = []
+    steps = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=remaining, desc=f"collect {cfg.env.task}", unit="step", dynamic_ncols=True)
+    try:
+        while steps < remaining:
+            before = steps
+            action = rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
+            obs, reward, terminated, truncated, info = envs.step(action)
+            ep_success = np.zeros(cfg.num_envs, dtype=bool)
+            for i in range(cfg.num_envs):
+                frame = {k: v[i] for k, v in obs.items()}
+                if needs_reset[i]:  # gymnasium's next-step autoreset: this obs starts a new episode
+                    writer.add_first(i, frame)
+                    needs_reset[i] = False
+                    continue
+                success = float(info["success"][i])
+                writer.add_step(i, action[i], float(reward[i]), bool(terminated[i]), bool(truncated[i]), success, frame)
+                ep_return[i] += reward[i]
+                ep_success[i] |= success > 0
+                steps += 1
+                if terminated[i] or truncated[i]:
+                    needs_reset[i] = True
+                    returns.append(float(ep_return[i]))
+                    successes.append(float(success))
+                    tb.add_scalar("charts/episode_return", ep_return[i], done_steps + steps)
+                    tb.add_scalar("charts/episode_success", success, done_steps + steps)
+                    ep_return[i] = 0.0
+            bar.update(steps - before)
+            fps = steps / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(fps=f"{fps:.0f}", episodes=len(returns))
+            if steps // 100 != before // 100:
+                tb.add_scalar("charts/fps", fps, done_steps + steps)
+    finally:
+        bar.close()
+        writer.close()
+        envs.close()
+        tb.close()
+        state_file.write_text(json.dumps({"steps_written": done_steps + steps}))
+    summary = summarize(data_dir)
+    summary.update(data_dir=str(data_dir), episodes_finished=len(returns), fps=steps / (time.perf_counter() - t0))
+    if returns:
+        summary["mean_return"] = float(np.mean(returns))
+    (ctx.run_dir / "collect.json").write_text(json.dumps(summary, indent=2))
+    print(f"collect: wrote {done_steps + steps} steps of {cfg.env.task} to {data_dir} ({len(writer.shard_paths)} shards)")
+    return summary
