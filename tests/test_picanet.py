@@ -1,0 +1,233 @@
+"""PiCANet: shapes, ranges, gradients, attention invariants, weight loading and a loss that falls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from visarl.saliency.picanet import (
+    GlobalPiCANet,
+    LocalPiCANet,
+    PiCANet,
+    PiCANetOutput,
+    deep_supervision_loss,
+)
+
+TINY = 1 / 16  # width_mult of the test-size model: VGG channels 4..32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These nets are tiny: intra-op threads only add sync overhead, heavy when the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _check_output(out: PiCANetOutput, batch: int, size: int) -> None:
+    assert isinstance(out, PiCANetOutput)
+    assert len(out.sides) == 6
+    for level, side in enumerate(out.sides):  # coarse to fine: size/32 ... size
+        s = size // 2 ** (5 - level)
+        assert side.shape == (batch, 1, s, s)
+        assert torch.isfinite(side).all()
+        assert side.min() >= 0 and side.max() <= 1
+    assert out.final is out.sides[-1]
+
+
+@pytest.mark.parametrize("global_cells", [False, True])
+@pytest.mark.parametrize("size", [64, 128, 224])
+def test_tiny_shapes_and_range(size: int, global_cells: bool) -> None:
+    torch.manual_seed(0)
+    model = PiCANet(size, global_cells=global_cells, width_mult=TINY).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, size, size))
+    _check_output(out, 2, size)
+
+
+@pytest.mark.parametrize("global_cells", [False, True])
+def test_paper_size_model(global_cells: bool) -> None:
+    """The default is the paper's network: full VGG-16 widths and decoder channels 512, 512, 512, 256, 128, 64."""
+    torch.manual_seed(0)
+    model = PiCANet(64, global_cells=global_cells).eval()
+    assert sum(p.numel() for p in model.encoder.parameters()) == 14_714_688  # torchvision VGG-16 features
+    assert [cell.bn_en.num_features for cell in model.decoder] == [512, 512, 512, 256, 128, 64]
+    kinds = [type(cell.context).__name__ for cell in model.decoder]
+    coarse = "GlobalPiCANet" if global_cells else "NoneType"
+    assert kinds == [coarse, coarse] + ["LocalPiCANet"] * 4
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64))
+    _check_output(out, 1, 64)
+
+
+def test_global_cells_sized_from_input() -> None:
+    model = PiCANet(224, global_cells=True, width_mult=TINY)
+    g7, g14 = model.decoder[0].context, model.decoder[1].context
+    assert (g7.size, g7.dilation, g7.n) == (7, 1, 7)
+    assert (g14.size, g14.dilation, g14.n) == (14, 2, 7)
+
+
+@pytest.mark.parametrize("global_cells", [False, True])
+def test_every_parameter_gets_a_gradient(global_cells: bool) -> None:
+    torch.manual_seed(0)
+    model = PiCANet(64, global_cells=global_cells, width_mult=TINY).train()
+    x = torch.rand(2, 3, 64, 64)
+    target = (torch.rand(2, 1, 64, 64) > 0.7).float()
+    deep_supervision_loss(model(x).sides, target).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_imagenet_normalisation_inside() -> None:
+    model = PiCANet(64, width_mult=TINY).eval()
+    seen = {}
+
+    def hook(module, inputs, output) -> None:
+        seen["x"] = inputs[0]
+
+    model.encoder[0].register_forward_hook(hook)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(seen["x"], (x - mean) / std)
+
+
+def test_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        PiCANet(100, width_mult=TINY)
+    model = PiCANet(64, width_mult=TINY)
+    with pytest.raises(ValueError, match=r"\[B, 3, 64, 64\]"):
+        model(torch.rand(1, 3, 128, 128))
+
+
+def test_local_attention_sums_to_one_and_matches_unfold() -> None:
+    torch.manual_seed(0)
+    k, d = 7, 2
+    module = LocalPiCANet(6, kernel_size=k, dilation=d, hidden=8)
+    x = torch.randn(2, 6, 11, 13)
+    attn = module.attention(x)  # [B, K*K, H, W]
+    assert attn.shape == (2, k * k, 11, 13)
+    torch.testing.assert_close(attn.sum(1), torch.ones(2, 11, 13))
+    assert (attn >= 0).all()
+    # Pixel (0, 0): window offsets (i, j) with i < 3 or j < 3 fall above/left of the map and get no weight.
+    corner = attn[0, :, 0, 0].view(k, k)
+    assert corner[:3].abs().max() == 0 and corner[:, :3].abs().max() == 0
+    assert corner[3:, 3:].sum().item() == pytest.approx(1.0, abs=1e-6)
+    # The shifted-view implementation equals the textbook unfold + weighted sum.
+    pad = d * (k - 1) // 2
+    unfolded = F.unfold(x, k, dilation=d, padding=pad).view(2, 6, k * k, 11 * 13)
+    expected = (unfolded * attn.view(2, 1, k * k, 11 * 13)).sum(2).view_as(x)
+    torch.testing.assert_close(module(x), expected)
+
+
+def test_global_attention_matches_explicit_sum() -> None:
+    torch.manual_seed(0)
+    module = GlobalPiCANet(5, size=7, dilation=2, hidden=6)
+    x = torch.randn(2, 5, 7, 7)
+    attn = module.attention(x)  # [B, n*n, H, W], n = 4: rows/cols 0, 2, 4, 6
+    assert attn.shape == (2, 16, 7, 7)
+    torch.testing.assert_close(attn.sum(1), torch.ones(2, 7, 7))
+    expected = torch.zeros_like(x)
+    for m in range(4):
+        for n in range(4):
+            expected += attn[:, m * 4 + n, None] * x[:, :, 2 * m, 2 * n, None, None]
+    torch.testing.assert_close(module(x), expected)
+    with pytest.raises(ValueError, match="7x7"):
+        module(torch.randn(1, 5, 8, 8))
+
+
+def test_renet_context_is_global() -> None:
+    """A change at one corner reaches the attention logits of the opposite corner (rows then columns)."""
+    torch.manual_seed(0)
+    module = GlobalPiCANet(3, size=6, hidden=4)
+    x = torch.randn(1, 3, 6, 6)
+    y = x.clone()
+    y[0, :, 0, 0] += 1.0
+    with torch.no_grad():
+        a, b = module.renet(x), module.renet(y)
+    assert (a[0, :, 5, 5] - b[0, :, 5, 5]).abs().max() > 1e-6
+
+
+def _numpy_area_down(t: np.ndarray, s: int) -> np.ndarray:
+    h = t.shape[-1]
+    f = h // s
+    return t.reshape(t.shape[0], s, f, s, f).mean(axis=(2, 4))
+
+
+def test_deep_supervision_loss_against_numpy() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.random((2, 16, 16)).astype(np.float32)
+    sizes = (1, 2, 4, 8, 16)
+    sides = [rng.uniform(0.05, 0.95, (2, 1, s, s)).astype(np.float32) for s in sizes]
+    weights = (0.5, 0.8, 1.0)  # fewer than sides: the coarse ones take 0.5
+    expected_bce, expected_mse = 0.0, 0.0
+    for side, w in zip(sides, (0.5, 0.5, 0.5, 0.8, 1.0), strict=True):
+        t = _numpy_area_down(target, side.shape[-1])
+        p = side[:, 0].astype(np.float64)
+        expected_bce += w * np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+        expected_mse += w * np.mean((p - t) ** 2)
+    torch_sides = [torch.from_numpy(s) for s in sides]
+    bce = deep_supervision_loss(torch_sides, torch.from_numpy(target), weights)
+    mse = deep_supervision_loss(torch_sides, torch.from_numpy(target)[:, None], weights, kind="mse")
+    assert bce.item() == pytest.approx(expected_bce, rel=1e-5)
+    assert mse.item() == pytest.approx(expected_mse, rel=1e-5)
+    with pytest.raises(ValueError, match="kind"):
+        deep_supervision_loss(torch_sides, torch.from_numpy(target), kind="l1")
+    with pytest.raises(ValueError, match="6 weights for 5"):
+        deep_supervision_loss(torch_sides, torch.from_numpy(target), (1.0,) * 6)
+
+
+def test_loss_falls_on_blob_targets() -> None:
+    """30 Adam steps on 4 fixed 64x64 images whose target is a bright blob: the loss must fall clearly."""
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    images, targets = [], []
+    for cy, cx in ((20, 20), (40, 44), (16, 48), (48, 18)):
+        blob = (((yy - cy) ** 2 + (xx - cx) ** 2) < 10**2).float()
+        img = 0.2 * torch.rand(3, 64, 64) + 0.6 * blob  # the salient thing is brighter
+        images.append(img.clamp(0, 1))
+        targets.append(blob[None])
+    x, target = torch.stack(images), torch.stack(targets)
+    model = PiCANet(64, width_mult=TINY).train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = deep_supervision_loss(model(x).sides, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+def test_local_weights_file(tmp_path) -> None:
+    """A local state dict (torchvision's full-model keys or the bare features) is loaded with weights_only."""
+    torch.manual_seed(0)
+    source = PiCANet(64, width_mult=TINY)
+    state = {f"features.{k}": v + 1.0 for k, v in source.encoder.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # ignored
+    path = tmp_path / "vgg16.pth"
+    torch.save(state, path)
+    model = PiCANet(64, width_mult=TINY, weights_path=path)
+    for k, v in model.encoder.state_dict().items():
+        torch.testing.assert_close(v, state[f"features.{k}"])
+
+    bare = tmp_path / "features.pth"
+    torch.save({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}, bare)
+    model = PiCANet(64, width_mult=TINY, weights_path=bare)
+    torch.testing.assert_close(model.encoder[0].weight, state["features.0.weight"])
+
+    with pytest.raises(ValueError, match="does not match"):
+        PiCANet(64, width_mult=TINY / 2, weights_path=path)  # other widths
+    pickled = tmp_path / "object.pth"
+    torch.save({"x": np.arange(3)}, pickled)  # needs full unpickling: refused by weights_only
+    with pytest.raises(ValueError, match="object.pth"):
+        PiCANet(64, width_mult=TINY, weights_path=pickled)

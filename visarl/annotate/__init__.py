@@ -1,0 +1,29 @@
+"""Saliency annotation (ViSaRL Sec. III-B, Fig. 5): a person clicks what matters in ~30 frames of a task.
+
+- :mod:`~visarl.annotate.maps`: clicks -> Gaussian saliency maps (sigma = 10 px at 224 px by default).
+- :mod:`~visarl.annotate.store`: the crash-safe click journal, the HDF5 export and its reader.
+- :mod:`~visarl.annotate.server`: the local web page (stdlib HTTP server, no extra dependency).
+"""
+
+from visarl.annotate.maps import COMBINE_MODES, clicks_to_map, frame_sigma, maps_from_clicks
+from visarl.annotate.store import (
+    EXPORT_FORMAT,
+    SCHEMA_VERSION,
+    Annotations,
+    AnnotationStore,
+    FrameRef,
+    load_annotations,
+)
+
+__all__ = [
+    "COMBINE_MODES",
+    "EXPORT_FORMAT",
+    "SCHEMA_VERSION",
+    "AnnotationStore",
+    "Annotations",
+    "FrameRef",
+    "clicks_to_map",
+    "frame_sigma",
+    "load_annotations",
+    "maps_from_clicks",
+]

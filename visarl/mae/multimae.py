@@ -1,0 +1,276 @@
+"""MultiMAE: multi-modal masked autoencoder over rgb and saliency, the ViSaRL scene encoder.
+
+Bachmann, Mizrahi, Atanov, Zamir, "MultiMAE: Multi-modal Multi-task Masked Autoencoders", ECCV 2022; used by
+ViSaRL (Liang et al.) Sec. II-B..II-D with the numbers of its Table II: 64x64 inputs, 8x8 patches (64 tokens per
+modality), 32 visible tokens spread across modalities by Dirichlet(alpha=1) draws, a 4-layer ViT encoder, one
+light decoder per modality (one cross-attention layer over all encoded tokens, then 3 transformer layers), a
+loss on masked patches only (:mod:`visarl.mae.loss`). For RL the encoder is frozen and sees every token
+(:mod:`visarl.mae.frozen`).
+
+Modalities travel as dicts ``{"rgb": [B, 3, H, W] in [0, 1], "saliency": [B, 1, H, W] in [0, 1]}``; the token
+sequence is always the modalities' blocks in the constructor's order. Adding a modality is one
+:data:`MODALITIES` entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from visarl.mae.adapters import PatchInputAdapter, SpatialDecoder, norm_layer, set_fused_attn
+from visarl.mae.masking import dirichlet_masks, visible_ids
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One row of the modality table: how a modality enters (input adapter) and leaves (output adapter)."""
+
+    channels: int
+    """Image channels ``C``; a patch of it is ``p*p*C`` numbers."""
+    loss_weight: float = 1.0
+    """Weight of its reconstruction term in the total loss (MultiMAE weighs all tasks 1)."""
+    input_adapter: type[nn.Module] = PatchInputAdapter
+    """Built as ``input_adapter(channels, image_size, patch_size, dim)``."""
+    output_adapter: type[nn.Module] = SpatialDecoder
+    """Built as ``output_adapter(channels, patch_size, grid, M, query_index, encoder_dim, ...decoder numbers)``."""
+
+
+MODALITIES: dict[str, ModalitySpec] = {
+    "rgb": ModalitySpec(channels=3),
+    "saliency": ModalitySpec(channels=1),
+}
+"""The modality table. Outputs named ``<modality>_norm`` (e.g. ``rgb_norm``) are extra decoders of that modality
+whose target is per-patch normalised (see :class:`visarl.mae.loss.WeightedMSE`)."""
+
+NORM_SUFFIX = "_norm"
+
+
+def output_source(name: str) -> str:
+    """The modality an output reconstructs: ``"rgb_norm" -> "rgb"``, ``"rgb" -> "rgb"``."""
+    return name.removesuffix(NORM_SUFFIX)
+
+
+def _spec(name: str) -> ModalitySpec:
+    if name not in MODALITIES:
+        raise ValueError(f"unknown modality {name!r}; known: {sorted(MODALITIES)}")
+    return MODALITIES[name]
+
+
+class MultiMAEEncoder(nn.Module):
+    """Input adapters + ViT encoder: a dict of images (all or some modalities) -> tokens ``[B, G + K, D]``.
+
+    ``G`` is 1 with ``global_token`` (a learned token placed first, like ViT's class token) and 0 otherwise;
+    ``K`` is the number of tokens kept: all tokens of the modalities given, or those in ``ids_visible``.
+    """
+
+    def __init__(
+        self,
+        modalities: tuple[str, ...] = ("rgb", "saliency"),
+        image_size: int = 64,
+        patch_size: int = 8,
+        dim: int = 256,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        global_token: bool = False,
+        fused_attn: bool = True,
+    ) -> None:
+        super().__init__()
+        if not modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must be a non-empty tuple of distinct names, got {modalities!r}")
+        self.modalities = tuple(modalities)
+        self.image_size, self.patch_size, self.dim = image_size, patch_size, dim
+        self.input_adapters = nn.ModuleDict(
+            {m: _spec(m).input_adapter(_spec(m).channels, image_size, patch_size, dim) for m in self.modalities}
+        )
+        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.num_tokens = self.grid[0] * self.grid[1]  # per modality
+        self.num_global = int(global_token)
+        self.global_token = nn.Parameter(torch.zeros(1, 1, dim)) if global_token else None
+        self.blocks = nn.Sequential(
+            *[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)]
+        )
+        self.norm = norm_layer(dim)
+        if self.global_token is not None:
+            nn.init.trunc_normal_(self.global_token, std=0.02)
+        set_fused_attn(self, fused_attn)
+
+    def check_inputs(self, inputs: Mapping[str, Tensor], require_all: bool) -> list[str]:
+        """The modalities of ``inputs`` this encoder knows, in token order; clear errors on bad keys/shapes."""
+        unknown = sorted(set(inputs) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"inputs {unknown} are not modalities of this encoder {self.modalities}")
+        present = [m for m in self.modalities if m in inputs]
+        missing = [m for m in self.modalities if m not in inputs]
+        if not present or (require_all and missing):
+            raise ValueError(f"missing input modalities {missing} (model has {self.modalities})")
+        for m in present:
+            want = (_spec(m).channels, self.image_size, self.image_size)
+            if inputs[m].dim() != 4 or tuple(inputs[m].shape[1:]) != want:
+                raise ValueError(
+                    f"input {m!r} has shape {tuple(inputs[m].shape)}, expected [B, {', '.join(map(str, want))}]"
+                )
+        return present
+
+    def tokenize(self, inputs: Mapping[str, Tensor], present: list[str]) -> Tensor:
+        """All tokens of the given modalities, concatenated in token order: ``[B, len(present) * N, D]``."""
+        return torch.cat([self.input_adapters[m](inputs[m]) for m in present], dim=1)
+
+    def forward(self, inputs: Mapping[str, Tensor], ids_visible: Tensor | None = None) -> Tensor:
+        """Encode all tokens of the modalities given, or (all modalities needed) only those in ``ids_visible``."""
+        present = self.check_inputs(inputs, require_all=ids_visible is not None)
+        x = self.tokenize(inputs, present)  # [B, N_all, D]
+        if ids_visible is not None:
+            x = torch.gather(x, 1, ids_visible[..., None].expand(-1, -1, x.shape[-1]))  # [B, K, D]
+        if self.global_token is not None:
+            x = torch.cat([self.global_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.norm(self.blocks(x))
+
+
+class MultiMAEOutput(NamedTuple):
+    """What :meth:`MultiMAE.forward` returns."""
+
+    preds: dict[str, Tensor]
+    """Output name -> predicted patches ``[B, N, p*p*C]`` (every patch; the loss keeps the masked ones)."""
+    masks: dict[str, Tensor]
+    """Modality -> ``[B, N]`` bool, True where the token was hidden from the encoder."""
+    ids_visible: Tensor
+    """``[B, K]`` ids of the encoded tokens in the concatenated sequence (modality blocks in model order)."""
+
+
+class MultiMAE(nn.Module):
+    """The masked autoencoder: :class:`MultiMAEEncoder` plus one :class:`SpatialDecoder` per output.
+
+    Outputs are one per modality, plus ``rgb_norm`` when ``norm_rgb_output`` (a second rgb decoder trained on
+    per-patch normalised pixels, as the ViSaRL authors' code did, while ``rgb`` keeps raw pixels for viewing).
+    ``MultiMAE(("rgb",))`` is the rgb-only baseline with the same code.
+    """
+
+    def __init__(
+        self,
+        modalities: tuple[str, ...] = ("rgb", "saliency"),
+        image_size: int = 64,
+        patch_size: int = 8,
+        dim: int = 256,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        decoder_dim: int = 256,
+        decoder_depth: int = 3,
+        decoder_heads: int = 4,
+        global_token: bool = False,
+        norm_rgb_output: bool = False,
+        fused_attn: bool = True,
+    ) -> None:
+        super().__init__()
+        modalities = tuple(modalities)
+        if norm_rgb_output and "rgb" not in modalities:
+            raise ValueError("norm_rgb_output needs the rgb modality")
+        # constructor numbers, saved in checkpoints (fused_attn is a run-time choice, not saved)
+        self.hparams: dict[str, Any] = dict(
+            modalities=list(modalities), image_size=image_size, patch_size=patch_size, dim=dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
+            decoder_heads=decoder_heads, global_token=global_token, norm_rgb_output=norm_rgb_output,
+        )  # fmt: skip
+        self.modalities, self.patch_size = modalities, patch_size
+        self.encoder = MultiMAEEncoder(
+            modalities, image_size, patch_size, dim, depth, num_heads, mlp_ratio, global_token, fused_attn
+        )
+        self.outputs = modalities + (("rgb" + NORM_SUFFIX,) if norm_rgb_output else ())
+        self.decoders = nn.ModuleDict()
+        for name in self.outputs:
+            src = output_source(name)
+            spec = _spec(src)
+            self.decoders[name] = spec.output_adapter(
+                spec.channels, patch_size, self.encoder.grid, len(modalities), modalities.index(src), dim,
+                decoder_dim, decoder_depth, decoder_heads, mlp_ratio, fused_attn,
+            )  # fmt: skip
+        self.apply(_init_linear)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per modality (64 at 64x64 with 8x8 patches)."""
+        return self.encoder.num_tokens
+
+    def loss_weights(self) -> dict[str, float]:
+        """Output name -> loss weight from the modality table."""
+        return {name: _spec(output_source(name)).loss_weight for name in self.outputs}
+
+    def set_fused_attn(self, fused: bool) -> None:
+        """True: ``F.scaled_dot_product_attention``; False: the eager softmax(QK^T)V baseline."""
+        set_fused_attn(self, fused)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not be decayed: learned tokens and embeddings (MAE/MultiMAE practice)."""
+        keys = ("mask_token", "modality_embed", "global_token")
+        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in keys}
+
+    def sample_masks(
+        self,
+        batch: int,
+        num_visible: int = 32,
+        alpha: float = 1.0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, Tensor]:
+        """Random masks ``{modality: [B, N] bool, True = hidden}`` with exactly ``num_visible`` visible per row."""
+        n = [self.num_tokens] * len(self.modalities)
+        return dict(zip(self.modalities, dirichlet_masks(batch, n, num_visible, alpha, generator, device), strict=True))
+
+    def forward(
+        self,
+        inputs: Mapping[str, Tensor],
+        num_visible: int = 32,
+        alpha: float = 1.0,
+        generator: torch.Generator | None = None,
+        masks: Mapping[str, Tensor] | None = None,
+    ) -> MultiMAEOutput:
+        """Mask, encode the visible tokens, decode every output. ``masks`` (True = hidden) overrides sampling."""
+        self.encoder.check_inputs(inputs, require_all=True)
+        ref = inputs[self.modalities[0]]
+        if masks is None:
+            masks = self.sample_masks(ref.shape[0], num_visible, alpha, generator, ref.device)
+        hidden = torch.cat([masks[m] for m in self.modalities], dim=1)  # [B, M*N]
+        ids = visible_ids(hidden)  # [B, K]
+        encoded = self.encoder(inputs, ids)  # [B, G+K, D]
+        preds = {name: dec(encoded, ids, self.encoder.num_global) for name, dec in self.decoders.items()}
+        return MultiMAEOutput(preds, dict(masks), ids)
+
+    def forward_features(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """No masking: tokens ``[B, G + M*N, D]`` of the modalities given ([B, 128, D] for rgb+saliency, G=0)."""
+        return self.encoder(inputs)
+
+    def frozen_encoder(self, modalities: tuple[str, ...] | None = None, pooling: str = "mean") -> nn.Module:
+        """A frozen copy of the encoder for RL (see :class:`visarl.mae.frozen.FrozenEncoder`)."""
+        from visarl.mae.frozen import FrozenEncoder
+
+        return FrozenEncoder.from_model(self, modalities, pooling)
+
+
+def _init_linear(m: nn.Module) -> None:
+    # MAE's init: xavier-uniform linear layers, zero biases (timm's own default is a truncated normal)
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "paper": dict(dim=256, depth=4, num_heads=4, decoder_dim=256, decoder_depth=3, decoder_heads=4),
+    "tiny": dict(dim=64, depth=1, num_heads=2, decoder_dim=64, decoder_depth=1, decoder_heads=2),
+}
+"""Named widths: ``paper`` is ViSaRL's Table II model, ``tiny`` the test-size variant (same code)."""
+
+
+def build_multimae(
+    size: str = "paper", modalities: tuple[str, ...] = ("rgb", "saliency"), **overrides: Any
+) -> MultiMAE:
+    """``build_multimae("tiny", ("rgb",))``: a :class:`MultiMAE` of a named size; ``overrides`` win."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown MultiMAE size {size!r}; known: {sorted(MODEL_SIZES)}")
+    return MultiMAE(tuple(modalities), **{**MODEL_SIZES[size], **overrides})

@@ -1,0 +1,225 @@
+"""Observation encoders for SAC behind one interface.
+
+Every encoder maps an observation dict ``{key: Tensor [B, ...]}`` to features ``[B, out_dim]`` and declares
+the keys it reads in ``obs_keys`` (so a data module loads only those). Images arrive as uint8 ``[B, C, H, W]``
+(0-255) or as floats already in [0, 1]; saliency maps are ``[B, 1, H, W]`` in the same two forms.
+
+- ``IdentityEncoder``: the low-dimensional ``state`` vector (39-d in Meta-World), unchanged.
+- ``PixelCNN``: the paper's CNN (Appendix F, after RAD/SAC-AE), trained by critic gradients only, with the
+  four input variants of Section IV-D: ``rgb``, ``saliency``, ``rgb_x_saliency`` and ``rgbs``.
+- ``FrozenEncoder``: any pretrained module (the MultiMAE encoder) with its weights fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from visarl.config import ConfigError
+from visarl.rl.networks import weight_init
+
+ENCODER_NAMES = ("identity", "cnn", "frozen")
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """uint8 0-255 -> float32 in [0, 1]; floating inputs are taken to be in [0, 1] already."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    return x.float()
+
+
+def _require(obs: Mapping[str, Tensor], keys: tuple[str, ...], who: str) -> None:
+    missing = [k for k in keys if k not in obs]
+    if missing:
+        raise KeyError(f"{who} needs observation keys {list(keys)}; missing {missing}, got {sorted(obs)}")
+
+
+class IdentityEncoder(nn.Module):
+    """Passes the state vector through: obs[key] [B, dim] -> float [B, dim]."""
+
+    def __init__(self, dim: int, key: str = "state") -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.obs_keys = (key,)
+
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        _require(obs, self.obs_keys, "IdentityEncoder")
+        return obs[self.obs_keys[0]].float()
+
+
+@dataclass(frozen=True)
+class PixelVariant:
+    """How one CNN input variant is built: the observation keys it reads, its channels, how it combines them."""
+
+    obs_keys: tuple[str, ...]
+    channels: int
+    combine: Callable[[dict[str, Tensor]], Tensor]
+    """Maps {key: float [B, C_k, H, W] in [0, 1]} to the CNN input [B, channels, H, W] in [0, 1]."""
+
+
+# One entry per input variant (ViSaRL Section IV-D), so adding a variant is one line.
+PIXEL_VARIANTS: dict[str, PixelVariant] = {
+    "rgb": PixelVariant(("rgb",), 3, lambda x: x["rgb"]),
+    "saliency": PixelVariant(("saliency",), 1, lambda x: x["saliency"]),
+    # Saliency masks the image: each rgb channel scaled by the [0, 1] map (Fig. 4).
+    "rgb_x_saliency": PixelVariant(("rgb", "saliency"), 3, lambda x: x["rgb"] * x["saliency"]),
+    # Saliency as a fourth channel after r, g, b.
+    "rgbs": PixelVariant(("rgb", "saliency"), 4, lambda x: torch.cat([x["rgb"], x["saliency"]], dim=1)),
+}
+
+
+def conv_out_size(size: int, num_layers: int, first_padding: int) -> int:
+    """Spatial size after the stack: one 3x3 stride-2 conv (padding ``first_padding``), then 3x3 stride-1 valid."""
+    size = (size + 2 * first_padding - 3) // 2 + 1
+    return size - 2 * (num_layers - 1)
+
+
+class PixelCNN(nn.Module):
+    """The paper's CNN encoder (ViSaRL Appendix F, after RAD [9] and SAC-AE [10]).
+
+    ``num_layers`` 3x3 convs of ``num_filters`` filters, stride 2 for the first and 1 for the rest, ReLU after
+    each, flattened. Inputs are scaled to [0, 1] and shifted by -0.5, as SAC-AE and RAD do, so they are
+    centred on zero.
+
+    The paper says "no padding" and also "a feature map of 32x12x12 given 64x64x3". These disagree: without
+    padding 64 -> 31 -> ... -> 11 (32x11x11 = 3872). One pixel of padding on the first (stride-2) conv gives
+    64 -> 32 -> ... -> 12, i.e. the paper's 32x12x12 = 4608; that is the default (``first_padding=1``), and
+    ``first_padding=0`` gives the literal no-padding stack.
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        image_size: tuple[int, int],
+        num_layers: int = 11,
+        num_filters: int = 32,
+        first_padding: int = 1,
+    ) -> None:
+        super().__init__()
+        if variant not in PIXEL_VARIANTS:
+            raise ValueError(f"unknown pixel variant {variant!r}; known: {sorted(PIXEL_VARIANTS)}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.variant = variant
+        self.spec = PIXEL_VARIANTS[variant]
+        self.obs_keys = self.spec.obs_keys
+        h, w = (conv_out_size(s, num_layers, first_padding) for s in image_size)
+        if h < 1 or w < 1:
+            raise ValueError(f"image size {tuple(image_size)} is too small for {num_layers} conv layers")
+        self.out_shape = (num_filters, h, w)
+        self.out_dim = num_filters * h * w
+        layers: list[nn.Module] = [
+            nn.Conv2d(self.spec.channels, num_filters, 3, stride=2, padding=first_padding),
+            nn.ReLU(inplace=True),
+        ]
+        for _ in range(num_layers - 1):
+            layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace=True)]
+        self.convs = nn.Sequential(*layers)
+        self.apply(weight_init)
+
+    def preprocess(self, obs: Mapping[str, Tensor]) -> Tensor:
+        """Build the network input [B, C, H, W] from the observation dict: combine in [0, 1], then -0.5."""
+        _require(obs, self.obs_keys, f"PixelCNN(variant={self.variant!r})")
+        return self.spec.combine({k: to_unit(obs[k]) for k in self.obs_keys}) - 0.5
+
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        return self.convs(self.preprocess(obs)).flatten(1)  # [B, C*H*W]
+
+
+class FrozenEncoder(nn.Module):
+    """A pretrained encoder whose weights never change during RL (the paper's frozen MultiMAE, Section III).
+
+    The wrapped module is called as ``module({key: float [B, C, H, W] in [0, 1]}) -> [B, D]`` for the keys in
+    ``obs_keys``. Its parameters have ``requires_grad=False``, it stays in eval mode even when the agent is put
+    in train mode, and it runs under ``no_grad``, so no optimizer can change it and no graph is kept.
+    """
+
+    def __init__(self, module: nn.Module, obs_keys: tuple[str, ...], out_dim: int) -> None:
+        super().__init__()
+        self.module = module
+        self.obs_keys = tuple(obs_keys)
+        self.out_dim = out_dim
+        self.module.requires_grad_(False)
+        self.module.eval()
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        super().train(mode)
+        self.module.eval()  # dropout/batch-norm statistics stay as pretrained
+        return self
+
+    @torch.no_grad()
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        _require(obs, self.obs_keys, "FrozenEncoder")
+        out = self.module({k: to_unit(obs[k]) for k in self.obs_keys})
+        if out.ndim != 2:
+            raise ValueError(f"FrozenEncoder's module must return [B, D] features, got shape {tuple(out.shape)}")
+        return out.float()
+
+
+def _image_size(obs_shapes: Mapping[str, tuple[int, ...]], keys: tuple[str, ...]) -> tuple[int, int]:
+    sizes = {k: tuple(obs_shapes[k][-2:]) for k in keys}
+    if len(set(sizes.values())) != 1:
+        raise ConfigError(f"observation images differ in size: {sizes}")
+    return next(iter(sizes.values()))  # type: ignore[return-value]
+
+
+def make_encoder(
+    name: str,
+    variant: str,
+    obs_shapes: Mapping[str, tuple[int, ...]],
+    *,
+    num_layers: int = 11,
+    num_filters: int = 32,
+    first_padding: int = 1,
+    module: nn.Module | None = None,
+    out_dim: int | None = None,
+    state_key: str = "state",
+) -> nn.Module:
+    """Build an encoder from names and the observation shapes (``{"rgb": (3, 64, 64), "state": (39,), ...}``).
+
+    ``name`` is "identity" (``variant`` ignored), "cnn" (``variant`` one of PIXEL_VARIANTS) or "frozen"
+    (``variant`` "rgb", "saliency" or "rgbs" picks the keys handed to ``module``; ``out_dim`` defaults to
+    ``module.out_dim`` or is found by a dummy forward pass).
+    """
+    if name not in ENCODER_NAMES:
+        raise ConfigError(f"encoder: {name!r} is not one of {list(ENCODER_NAMES)}")
+    if name == "identity":
+        if state_key not in obs_shapes:
+            raise ConfigError(f"encoder 'identity' needs observation key {state_key!r}; got {sorted(obs_shapes)}")
+        return IdentityEncoder(int(obs_shapes[state_key][0]), key=state_key)
+
+    allowed = list(PIXEL_VARIANTS) if name == "cnn" else ["rgb", "saliency", "rgbs"]
+    if variant not in allowed:
+        raise ConfigError(f"variant: {variant!r} is not one of {allowed} for encoder {name!r}")
+    spec = PIXEL_VARIANTS[variant]
+    missing = [k for k in spec.obs_keys if k not in obs_shapes]
+    if missing:
+        raise ConfigError(f"variant {variant!r} needs observation keys {missing}; got {sorted(obs_shapes)}")
+    for key, channels in (("rgb", 3), ("saliency", 1)):
+        if key in spec.obs_keys and obs_shapes[key][0] != channels:
+            raise ConfigError(f"observation {key!r} must have {channels} channels, got shape {obs_shapes[key]}")
+    image_size = _image_size(obs_shapes, spec.obs_keys)
+
+    if name == "cnn":
+        return PixelCNN(variant, image_size, num_layers, num_filters, first_padding)
+
+    if module is None:
+        raise ConfigError("encoder 'frozen' needs a pretrained module (e.g. an exported MultiMAE encoder)")
+    if out_dim is None:
+        out_dim = getattr(module, "out_dim", None)
+    if out_dim is None:
+        dummy = {k: torch.zeros(1, *obs_shapes[k]) for k in spec.obs_keys}
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            out_dim = int(module(dummy).shape[-1])
+        module.train(was_training)
+    return FrozenEncoder(module, spec.obs_keys, int(out_dim))
+
+
+def is_trainable(encoder: nn.Module) -> bool:
+    """True when the encoder has parameters an optimizer should update (the CNN; not identity or frozen)."""
+    return any(p.requires_grad for p in encoder.parameters())
