@@ -15,6 +15,7 @@ Last line: ``datamodule_vs_numpy: X`` with X = cached rate / numpy rate. Run: ``
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from visarl.data.datamodules import TransitionDataModule
-from visarl.data.shards import ShardReader, ShardWriter, list_shards
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from visarl.data.datamodules import TransitionDataModule  # noqa: E402
+from visarl.data.shards import ShardReader, ShardWriter, list_shards  # noqa: E402
 
 BATCH = 128
 
@@ -54,15 +56,24 @@ def generate(directory: Path, frames: int, chunk_rows: int, rows_per_shard: int,
                     t[s] = 0
 
 
-def rate(step: Callable[[], object], seconds: float) -> float:
-    """Batches per second of ``step`` over about ``seconds`` (after a short warm-up)."""
-    for _ in range(3):
-        step()
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        step()
-        n += 1
-    return n / elapsed
+def rates(steps: dict[str, Callable[[], object]], seconds: float, rounds: int = 6) -> dict[str, float]:
+    """Batches per second of each step: 1 / median time of one batch.
+
+    Each round runs every step for a block of consecutive batches (as training would), and rounds alternate
+    so that slow phases of a shared machine hit every step alike; the median ignores the batches during
+    which the process was preempted.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    block = seconds / (rounds * len(steps))
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(3):  # warm-up after the previous step's block
+                step()
+            start = time.perf_counter()
+            while (t := time.perf_counter()) - start < block:
+                step()
+                times[name].append(time.perf_counter() - t)
+    return {name: 1.0 / float(np.median(t)) for name, t in times.items()}
 
 
 def numpy_sampler(directory: Path, seed: int) -> Callable[[], object]:
@@ -90,20 +101,19 @@ def numpy_sampler(directory: Path, seed: int) -> Callable[[], object]:
     return step
 
 
-def loader_sampler(directory: Path, cache: bool, seed: int) -> tuple[Callable[[], object], float]:
+def loader_sampler(directory: Path, cache: bool, seed: int) -> tuple[Callable[[], object], float, TransitionDataModule]:
     start = time.perf_counter()
     dm = TransitionDataModule(str(directory), batch_size=BATCH, cache=cache, seed=seed)
     dm.setup("fit")
     it = iter(dm.train_dataloader())
-    return (lambda: next(it)), time.perf_counter() - start
+    return (lambda: next(it)), time.perf_counter() - start, dm
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=50_000)
     parser.add_argument("--rows-per-shard", type=int, default=12_500)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per round and sampler")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best rate of each is kept")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measuring time, all samplers together")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="visarl-bench-") as tmp:
@@ -115,26 +125,25 @@ def main() -> None:
         print(f"generated 2 x {args.frames} frames in {n_shards} shards each: {time.perf_counter() - t0:.1f} s")
 
         numpy_step = numpy_sampler(contiguous, seed=0)
-        cached_step, cached_setup = loader_sampler(contiguous, cache=True, seed=0)
-        lazy_step, lazy_setup = loader_sampler(contiguous, cache=False, seed=0)
-        chunked_step, chunked_setup = loader_sampler(chunked, cache=False, seed=0)
+        cached_step, cached_setup, cached_dm = loader_sampler(contiguous, cache=True, seed=0)
+        lazy_step, lazy_setup, _ = loader_sampler(contiguous, cache=False, seed=0)
+        chunked_step, chunked_setup, _ = loader_sampler(chunked, cache=False, seed=0)
+        rng = np.random.default_rng(1)
         samplers = {
             "numpy in memory (peer)": (numpy_step, 0.0),
             "datamodule cache=True": (cached_step, cached_setup),
+            "  its dataset.sample(), no DataLoader": (lambda: cached_dm.dataset.sample(rng), cached_setup),
             "datamodule cache=False": (lazy_step, lazy_setup),
             "datamodule cache=False, chunked rgb": (chunked_step, chunked_setup),
         }
-        best = dict.fromkeys(samplers, 0.0)
-        for _ in range(args.rounds):  # interleaved so that load from other processes hits all alike
-            for name, (step, _) in samplers.items():
-                best[name] = max(best[name], rate(step, args.seconds))
+        measured = rates({name: step for name, (step, _) in samplers.items()}, args.seconds)
 
-    peer = best["numpy in memory (peer)"]
+    peer = measured["numpy in memory (peer)"]
     print(f"\n{'sampler':38s} {'setup s':>8s} {'batches/s':>10s} {'transitions/s':>14s} {'vs numpy':>9s}")
     for name, (_, setup) in samplers.items():
-        r = best[name]
+        r = measured[name]
         print(f"{name:38s} {setup:8.2f} {r:10.1f} {r * BATCH:14.0f} {r / peer:9.2f}")
-    print(f"datamodule_vs_numpy: {best['datamodule cache=True'] / peer:.2f}")
+    print(f"datamodule_vs_numpy: {measured['datamodule cache=True'] / peer:.2f}")
 
 
 if __name__ == "__main__":

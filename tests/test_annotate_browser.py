@@ -119,6 +119,7 @@ def test_page_clicks_undo_next_reload(browser, tmp_path):
         page.keyboard.press("ArrowLeft")
         page.wait_for_function("document.getElementById('frame-no').textContent === '1'")
         page.mouse.move(box["x"] + 300, box["y"] + 150)
+        page.wait_for_timeout(300)  # let the strip's highlight transition finish before the screenshot
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "annotate_page.png"))
 
@@ -129,6 +130,7 @@ def test_page_clicks_undo_next_reload(browser, tmp_path):
         page.keyboard.press("Enter")
         page.wait_for_selector("#review:not(.hidden)")
         assert page.locator("#review-missing .thumb").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "annotate_review.png"))
         page.keyboard.press("Enter")
         page.wait_for_selector("#finished:not(.hidden)", timeout=10000)
         page.screenshot(path=str(ARTIFACTS / "annotate_done.png"))

@@ -7,12 +7,12 @@ import http.client
 import io
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import h5py
@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from visarl.annotate.maps import clicks_to_map
-from visarl.annotate.server import MAX_BODY, AnnotationServer
+from visarl.annotate.server import MAX_BODY, AnnotationServer, serve
 from visarl.annotate.store import AnnotationStore, FrameRef, load_annotations
 
 REPO = Path(__file__).resolve().parents[1]
@@ -365,6 +365,26 @@ def test_keep_alive_survives_a_refusal(server):
     r = conn.getresponse()
     assert r.status == 200 and json.loads(r.read())["state"]["counts"][0] == 1
     conn.close()
+
+
+def test_serve_stops_when_done_and_exports(tmp_path, capsys):
+    frames, refs = make_frames()
+    started: queue.Queue = queue.Queue()
+    result: list[Path] = []
+    t = threading.Thread(
+        target=lambda: result.append(
+            serve(frames, refs, tmp_path / "s.jsonl", port=0, ready=started.put, task="door-open-v3")
+        )
+    )
+    t.start()
+    srv = started.get(timeout=10)
+    assert request(srv, "POST", "/api/click", {"frame": 3, "x": 4.0, "y": 5.0})[0] == 200
+    assert request(srv, "POST", "/api/done", {})[0] == 200
+    t.join(timeout=10)
+    assert not t.is_alive() and result == [tmp_path / "s.h5"]
+    a = load_annotations(result[0])
+    assert a.clicks[3].tolist() == [[4.0, 5.0]] and a.attrs["task"] == "door-open-v3"
+    assert srv.url in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------- kill -9

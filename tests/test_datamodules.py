@@ -20,7 +20,7 @@ from visarl.data.datamodules import (
     TransitionBatch,
     TransitionDataModule,
     TransitionDataset,
-    open_shards,
+    shard_readers,
     split_by_episode,
 )
 from visarl.data.shards import ShardError, ShardReader, list_shards, write_field
@@ -80,7 +80,7 @@ def test_cache_on_and_off_cover_the_same_transitions_uniformly(data):
     directory, truth = data
     counts = {}
     for cache in (False, True):
-        ds = TransitionDataset(open_shards([directory], ("rgb", "state")), 64, cache=cache)
+        ds = TransitionDataset(shard_readers([directory], ("rgb", "state")), 64, cache=cache)
         rng = np.random.default_rng(0)
         counts[cache] = Counter(k for _ in range(150) for k in keys_of(ds.sample(rng).obs["state"]))
         assert set(counts[cache]) == set(truth.transitions)  # support: every transition, nothing else
@@ -98,7 +98,7 @@ def test_property_sampled_transitions_never_cross_episodes(layout):
     with tempfile.TemporaryDirectory() as d:
         truth = write_dataset(Path(d), episodes, rows_per_shard, seed=seed)
         for cache in (False, True):
-            ds = TransitionDataset(open_shards(d, ("rgb", "state")), 16, cache=cache)
+            ds = TransitionDataset(shard_readers(d, ("rgb", "state")), 16, cache=cache)
             rng = np.random.default_rng(seed)
             for _ in range(3):
                 check_batch(ds.sample(rng), truth)
@@ -108,10 +108,10 @@ def test_no_images_in_memory_without_cache(tmp_path: Path):
     simple_dataset(tmp_path, rows_per_shard=40)
     rows = sum(len(ShardReader(p)) for p in list_shards(tmp_path))
     image_bytes = rows * IMAGE * IMAGE * 3
-    lazy = TransitionDataset(open_shards(tmp_path, ("rgb", "state")), 8, cache=False)
+    lazy = TransitionDataset(shard_readers(tmp_path, ("rgb", "state")), 8, cache=False)
     lazy.sample(np.random.default_rng(0))  # opens files and maps them; maps are not copies
     assert len(pickle.dumps(lazy)) < image_bytes / 4  # what goes to each worker: bookkeeping only
-    cached = TransitionDataset(open_shards(tmp_path, ("rgb", "state")), 8, cache=True)
+    cached = TransitionDataset(shard_readers(tmp_path, ("rgb", "state")), 8, cache=True)
     assert len(pickle.dumps(cached)) > image_bytes  # the same measure does see images when they are held
 
 
@@ -195,6 +195,7 @@ def test_val_split_is_disjoint_by_episode_and_fixed_by_seed(data):
         return dm, dm.train_set.ids, dm.val_set.ids
 
     dm, train, val = split(0)
+    assert all(r._h5 is None for r in dm.dataset.readers)  # no HDF5 handle open before workers fork
     assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(truth.frames)
     assert set(dm.train_set.episodes()).isdisjoint(dm.val_set.episodes())
     assert 0.15 < len(val) / len(truth.frames) < 0.45
@@ -296,5 +297,5 @@ def test_lightning_trainer_consumes_the_modules(data, kind: str):
 def test_loader_is_plain_pytorch(data):
     """The datasets also work with a hand-made DataLoader (no Lightning), e.g. inside an RL loop."""
     directory, truth = data
-    ds = TransitionDataset(open_shards(directory, ("rgb", "state")), 4)
+    ds = TransitionDataset(shard_readers(directory, ("rgb", "state")), 4)
     check_batch(next(iter(DataLoader(ds, batch_size=None))), truth)

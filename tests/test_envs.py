@@ -120,7 +120,7 @@ def test_layouts_reproducible_per_seed_and_fresh_per_reset(reach_env):
     lay_a, frames_a = _layouts(reach_env, seed=7)
     lay_b, frames_b = _layouts(reach_env, seed=7)
     np.testing.assert_array_equal(lay_a, lay_b)
-    for fa, fb in zip(frames_a, frames_b):
+    for fa, fb in zip(frames_a, frames_b, strict=True):
         np.testing.assert_array_equal(fa, fb)
     # fresh continuous layouts at every reset, not one of a few frozen ones
     assert len({tuple(row) for row in lay_a.round(6)}) == 3
@@ -204,7 +204,7 @@ def _near(seg: np.ndarray, kp: E.Keypoint, ids: set[int], objtype: int, radius: 
 def test_keypoints_match_segmentation_and_state(task):
     env = E.make_env(task, seed=5)
     try:
-        env.reset()
+        obs, _ = env.reset()
         rng = np.random.default_rng(0)
         mw = env.unwrapped_metaworld
         model = mw.model
@@ -212,12 +212,10 @@ def test_keypoints_match_segmentation_and_state(task):
         object_ids = _subtree_geoms(model, OBJECT_BODY[task])
         goal_site = model.site(GOAL_SITE[task]).id
         checked = {"gripper": 0, "object": 0}
+        states, singles = [], []
         for step in range(3):
-            if step:
-                for _ in range(8):
-                    obs, *_ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
-            else:
-                obs = {"state": env._state}
+            for _ in range(8 if step else 0):
+                obs, *_ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
             kps = env.keypoints()
             seg = env.render_segmentation()
             by_kind = {k.kind: k for k in kps}
@@ -233,9 +231,17 @@ def test_keypoints_match_segmentation_and_state(task):
             # from the stored 39-d state alone: same pixels (the gripper tip offset is ~1 mm off)
             from_state = env.keypoints_from_state(obs["state"])
             live = env.keypoints(occlusion=False)
-            for a, b in zip(from_state, live):
+            for a, b in zip(from_state, live, strict=True):
                 assert (a.name, a.kind, a.visible) == (b.name, b.kind, b.visible)
                 assert abs(a.x - b.x) < 0.25 and abs(a.y - b.y) < 0.25, (a, b)
+            states.append(obs["state"])
+            singles.append(from_state)
+        # the batched version agrees with the single-state one
+        xy, visible = env.keypoints_from_states(np.stack(states))
+        assert xy.shape == (3, 3, 2) and visible.shape == (3, 3)
+        for b, kps in enumerate(singles):
+            np.testing.assert_allclose(xy[b], [(k.x, k.y) for k in kps])
+            np.testing.assert_array_equal(visible[b], [k.visible for k in kps])
         assert checked["gripper"] >= 2 and checked["object"] >= 2, checked
     finally:
         env.close()
@@ -244,7 +250,7 @@ def test_keypoints_match_segmentation_and_state(task):
 def test_keypoint_occlusion_and_out_of_frame():
     env = E.make_env("door-open", seed=2)
     try:
-        env.reset()
+        obs, _ = env.reset()
         mw = env.unwrapped_metaworld
         cam = env.camera_model
         handle = mw._get_pos_objects().copy()
@@ -257,9 +263,9 @@ def test_keypoint_occlusion_and_out_of_frame():
         assert abs(kp["goal"].x - kp["object"].x) < 1e-6 and abs(kp["goal"].y - kp["object"].y) < 1e-6
         assert env.keypoints(occlusion=False)[-1].visible
         # behind the camera, and far to the side: not in the frame
-        mw._target_pos = cam.pos - cam.mat[:, 2]  # one metre behind (camera looks along -z)
+        mw._target_pos = cam.pos + cam.mat[:, 2]  # one metre behind (the camera looks along its -z)
         assert not env.keypoints()[-1].visible
-        state = env._state.copy()
+        state = obs["state"].copy()
         state[36:39] = cam.pos + 5.0 * cam.mat[:, 0] - 0.5 * cam.mat[:, 2]
         assert not env.keypoints_from_state(state)[-1].visible
     finally:
@@ -275,6 +281,8 @@ def test_projection_against_hand_computation():
     np.testing.assert_allclose(xy, [[31.5, 31.5], [31.5 + f / 2, 31.5 - f / 2]])
     turned = cam._replace(rotate_180=True).project(np.array([[1.0, 1.0, -2.0]]))[0]
     np.testing.assert_allclose(turned, [[63 - 47.5, 63 - 15.5]])
+    back = E.CameraModel.from_dict(cam.to_dict())
+    np.testing.assert_array_equal(back.project(np.ones((1, 3)))[0], cam.project(np.ones((1, 3)))[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,3 +312,65 @@ def test_async_vector_env_two_workers():
             np.testing.assert_array_equal(obs2["rgb"][i], ref2["rgb"])
     finally:
         vec.close()
+
+
+def test_gl_backend_choice():
+    from visarl.envs.rendering import choose_backend
+
+    def fail() -> bool:
+        raise AssertionError("probed EGL although the user chose a backend")
+
+    assert choose_backend({"MUJOCO_GL": "OSMesa "}, fail) == "osmesa"  # a user-set value is kept
+    assert choose_backend({"PYOPENGL_PLATFORM": "egl"}, fail) == "egl"
+    assert choose_backend({}, lambda: True) == "egl"
+    import ctypes.util
+
+    fallback = "osmesa" if ctypes.util.find_library("OSMesa") else None
+    assert choose_backend({}, lambda: False) == fallback
+    assert E.configure_gl() in ("egl", "osmesa") and E.configure_gl() == E.configure_gl()
+
+
+def test_two_renderers_in_one_process(reach_env):
+    """Interleaved stepping of two envs in one process gives the frames each gives alone."""
+    act = np.array([0.5, 0.3, -0.2, 0.0], np.float32)
+    door = E.make_env("door-open", seed=1)
+    try:
+        mixed_reach, mixed_door = [reach_env.reset(seed=4)[0]["rgb"]], [door.reset()[0]["rgb"]]
+        for _ in range(3):
+            mixed_reach.append(reach_env.step(act)[0]["rgb"])
+            mixed_door.append(door.step(act)[0]["rgb"])
+        alone = [reach_env.reset(seed=4)[0]["rgb"]] + [reach_env.step(act)[0]["rgb"] for _ in range(3)]
+        for a, b in zip(mixed_reach, alone, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(mixed_reach[-1], mixed_door[-1])
+    finally:
+        door.close()
+
+
+def test_frames_survive_gymnasium_renderer_freed_beside_them(reach_env):
+    """gymnasium's renderer frees its GL objects on garbage collection in whatever GL context is current;
+    ours must not be current then, or its framebuffer is deleted and every later frame is noise."""
+    import gc
+
+    from gymnasium.envs.mujoco.mujoco_rendering import MujocoRenderer
+
+    act = np.array([0.5, 0.5, 0.0, 0.0], np.float32)
+
+    def frames(env: E.MetaWorldPixelEnv) -> list[np.ndarray]:
+        return [env.reset(seed=2)[0]["rgb"]] + [env.step(act)[0]["rgb"] for _ in range(2)]
+
+    expected = frames(reach_env)
+    door = E.make_env("door-open", seed=0)
+    mw = door.unwrapped_metaworld
+    stock = MujocoRenderer(mw.model, mw.data, camera_id=mw.model.camera(door.camera).id, width=64, height=64)
+    stock.render("rgb_array")
+    stock.close()  # frees gymnasium's GL context but not its MjrContext
+    env = E.make_env("reach")  # as in a loop over tasks that closes the last task's envs, then makes new ones
+    try:
+        del stock
+        gc.collect()  # now gymnasium's MjrContext deletes its GL objects' ids in the current context
+        for a, b in zip(frames(env), expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        env.close()
+        door.close()

@@ -196,6 +196,28 @@ def test_hidden_patches_do_not_reach_the_model():
     assert not torch.allclose(model(z, masks=masks).preds["saliency"][b], ref["saliency"][b])
 
 
+def test_decoder_puts_visible_tokens_in_place():
+    """With cross-attention, MLP and blocks silenced, a decoder's output at a patch depends only on what sits there:
+    the projected encoder token of a visible patch, or the mask token, plus that patch's embeddings."""
+    model = tiny().eval()
+    dec = model.decoders["saliency"]  # queries are the second modality block
+    for lin in (dec.cross_attn.proj, dec.mlp.fc2):
+        torch.nn.init.zeros_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+    dec.blocks = torch.nn.Sequential()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.stack([torch.randperm(128, generator=g)[:32].sort().values for _ in range(B)])
+    encoded = torch.randn(B, 32, 64, generator=g)
+    with torch.no_grad():
+        out = dec(encoded, ids)
+        emb = dec.pos_embed[0] + dec.modality_embed[0, 1, 0]  # [64, d] embeddings of the saliency block
+        for b in range(B):
+            for tok in range(64):
+                where = (ids[b] == 64 + tok).nonzero()
+                q = dec.proj_context(encoded[b, where[0, 0]]) if len(where) else dec.mask_token[0, 0]
+                torch.testing.assert_close(out[b, tok], dec.head(dec.norm(q + emb[tok])))
+
+
 def test_fused_and_eager_attention_agree():
     model = tiny().eval()
     x = images()
@@ -208,12 +230,26 @@ def test_fused_and_eager_attention_agree():
         torch.testing.assert_close(fused[m], eager[m], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("global_token", [False, True])
+def test_bf16_autocast_trains(global_token):
+    model = tiny(global_token=global_token)
+    x = images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, generator=torch.Generator().manual_seed(0))
+        loss = WeightedMSE.for_model(model)(out.preds, x, out.masks).total
+    loss.backward()
+    assert out.preds["rgb"].dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_bad_inputs_are_named():
     model = tiny()
     with pytest.raises(ValueError, match="saliency"):
         model({"rgb": torch.rand(2, 3, 64, 64), "saliency": torch.rand(2, 3, 64, 64)})
     with pytest.raises(ValueError, match="missing"):
         model({"rgb": torch.rand(2, 3, 64, 64)})
+    with pytest.raises(ValueError, match="masks need"):
+        model(images(), masks={"rgb": torch.zeros(B, 64, dtype=torch.bool)})
     with pytest.raises(ValueError, match="depth"):
         model.forward_features({"depth": torch.rand(2, 1, 64, 64)})
 

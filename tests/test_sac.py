@@ -95,6 +95,7 @@ def test_pixel_variant_inputs_and_shapes(variant, channels):
     out = enc(obs)
     assert out.shape == (5, enc.out_dim) == (5, 8 * 4 * 4)
     assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, enc.convs(enc.preprocess(obs)).flatten(1))  # [C, H, W] order, any layout
     # Float maps in [0, 1] are accepted as well as uint8 and give the same input.
     as_float = {k: (v.float() / 255 if v.dtype == torch.uint8 else v) for k, v in obs.items()}
     torch.testing.assert_close(enc.preprocess(as_float), enc.preprocess(obs))

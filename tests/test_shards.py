@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -29,6 +31,7 @@ from visarl.data.shards import (
     ShardWriter,
     dataset_info,
     list_shards,
+    summarize,
     write_field,
 )
 
@@ -142,6 +145,8 @@ def test_reader_pickles_without_its_handle(tmp_path: Path):
 def test_dataset_info_counts(tmp_path: Path):
     truth = simple_dataset(tmp_path)
     info = dataset_info([tmp_path])
+    assert summarize(tmp_path) == {**dataclasses.asdict(info), "fields": list(info.fields)}
+    json.dumps(summarize(tmp_path))
     successes = {e for (e, _), t in truth.transitions.items() if t["success"] > 0}
     assert (info.transitions, info.frames, info.episodes) == (len(truth.transitions), len(truth.frames), 9)
     assert info.successful_episodes == len(successes)
@@ -297,8 +302,9 @@ def test_list_shards_ignores_temporary_and_other_files(tmp_path: Path):
     (tmp_path / ".hidden.h5").write_bytes(b"partial")
     (tmp_path / "notes.txt").write_text("hi")
     assert list_shards(tmp_path) == [path]
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        list_shards(tmp_path / "nowhere")
+    assert list_shards(tmp_path / "nowhere") == []  # nothing collected there yet
+    with pytest.raises(NotADirectoryError, match="notes.txt"):
+        list_shards(tmp_path / "notes.txt")
 
 
 # --------------------------------------------------------------------------------------------------

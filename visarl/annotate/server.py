@@ -29,7 +29,7 @@ import os
 import re
 import threading
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -417,13 +417,15 @@ def serve(
     export_path: str | os.PathLike | None = None,
     stop_when_done: bool = True,
     open_browser: bool = False,
+    ready: Callable[[AnnotationServer], None] | None = None,
     **kwargs: Any,
 ) -> Path:
     """Serve the annotation page until the annotator presses Done (or Ctrl-C); returns the exported HDF5 path.
 
     The export is written on the way out in any case (it is cheap and the journal keeps everything); the
-    caller can tell unfinished work from ``load_annotations(path).annotated``. ``kwargs`` go to
-    :class:`AnnotationServer` (sigma, reference_size, combine, task, annotator, display_size, fsync).
+    caller can tell unfinished work from ``load_annotations(path).annotated``. ``ready`` is called with the
+    running server (its ``url``, ``port``) before waiting. ``kwargs`` go to :class:`AnnotationServer`
+    (sigma, reference_size, combine, task, annotator, display_size, fsync).
     """
     app = AnnotationServer(
         frames, refs, store_path, host, port, export_path=export_path, stop_when_done=stop_when_done, **kwargs
@@ -435,9 +437,11 @@ def serve(
         "Ctrl-C stops, nothing is lost",
         flush=True,
     )
-    if open_browser:
-        webbrowser.open(app.url)
     try:
+        if ready is not None:
+            ready(app)
+        if open_browser:
+            webbrowser.open(app.url)
         while not (stop_when_done and app.done_event.is_set()):
             app.done_event.wait(0.5)
             if not stop_when_done:
@@ -446,4 +450,4 @@ def serve(
         print("annotate: interrupted; the clicks so far are saved", flush=True)
     finally:
         app.shutdown()
-    return app.exported or app.store.export(app.export_path)
+    return app.store.export(app.export_path)  # again: changes after an earlier Done are included

@@ -12,7 +12,7 @@ is 4x smaller); state and actions as float32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from visarl.data.shards import ROW_FIELDS, ShardError, ShardReader, list_shards
+from visarl.data.shards import ROW_FIELDS, ShardError, ShardReader, open_shards
 
 TRANSITION_FIELDS = ("action", "reward", "terminated", "truncated")
 """Per-transition fields (of the row that starts it) in a :class:`TransitionBatch`."""
@@ -49,7 +49,7 @@ def _as_dirs(data_dirs: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(d) for d in dirs]
 
 
-def open_shards(data_dirs: str | Path | Sequence[str | Path], keys: Sequence[str]) -> list[ShardReader]:
+def shard_readers(data_dirs: str | Path | Sequence[str | Path], keys: Sequence[str]) -> list[ShardReader]:
     """Validated readers for every shard in ``data_dirs``; each must hold ``keys`` with matching row shapes.
 
     Errors name the directory and file: a missing key usually means a stage was skipped (e.g. no saliency
@@ -58,21 +58,22 @@ def open_shards(data_dirs: str | Path | Sequence[str | Path], keys: Sequence[str
     readers: list[ShardReader] = []
     shapes: dict[str, tuple[tuple[int, ...], Path]] = {}
     for d in _as_dirs(data_dirs):
-        paths = list_shards(d)
-        if not paths:
+        found = open_shards(d)
+        if not found:
             raise FileNotFoundError(f"no shards (*.h5) in {d}")
-        for path in paths:
-            reader = ShardReader(path)
+        for reader in found:
             for key in keys:
                 if key not in reader.fields:
                     hint = " (run the label stage to add saliency maps)" if key == "saliency" else ""
                     raise ShardError(
-                        f"{d}: shard {path.name} has no {key!r} dataset{hint}; it has {sorted(reader.fields)}"
+                        f"{d}: shard {reader.path.name} has no {key!r} dataset{hint}; it has {sorted(reader.fields)}"
                     )
                 shape = reader.fields[key][0][1:]
-                first = shapes.setdefault(key, (shape, path))
+                first = shapes.setdefault(key, (shape, reader.path))
                 if first[0] != shape:
-                    raise ShardError(f"{path}: {key!r} rows are {list(shape)} but {first[1]} has {list(first[0])}")
+                    raise ShardError(
+                        f"{reader.path}: {key!r} rows are {list(shape)} but {first[1]} has {list(first[0])}"
+                    )
             readers.append(reader)
     return readers
 
@@ -112,6 +113,11 @@ def _shard_runs(shard_ids: np.ndarray) -> list[tuple[int, int, int]]:
     starts = np.concatenate(([0], cuts)).tolist()
     ends = np.concatenate((cuts, [len(shard_ids)])).tolist()
     return [(int(shard_ids[a]), a, b) for a, b in zip(starts, ends, strict=True)]
+
+
+def passthrough_collate(batch: Any) -> Any:
+    """Collate function for datasets whose ``__getitems__`` already returns a whole batch."""
+    return batch
 
 
 def _rank() -> int:
@@ -181,8 +187,11 @@ class TransitionDataset(IterableDataset):
             rows = self._rows[draw]  # global rows; [B]
             c = self._cache
             arrays = {f: c[f][rows] for f in TRANSITION_FIELDS}
-            obs = {k: torch.from_numpy(c[k][rows]) for k in self.keys}
-            nxt = {k: torch.from_numpy(c[k][rows + 1]) for k in self.keys}
+            # obs and next obs in one gather per key, [2B, ...]; np.take is a bit faster than [] indexing
+            both = np.concatenate((rows, rows + 1))
+            pairs = {k: torch.from_numpy(np.take(c[k], both, axis=0)) for k in self.keys}
+            obs = {k: v[: len(rows)] for k, v in pairs.items()}  # contiguous halves, no copy
+            nxt = {k: v[len(rows) :] for k, v in pairs.items()}
         else:
             draw.sort()  # groups the draw by shard: one gather per shard and field
             obs, nxt, arrays = self._read(self._shard[draw], self._rows[draw])
@@ -217,7 +226,7 @@ class TransitionDataset(IterableDataset):
             arrays,
         )
 
-    def __iter__(self):  # -> Iterator[TransitionBatch]
+    def __iter__(self) -> Iterator[TransitionBatch]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         self._iterations += 1  # each worker counts on its own copy; persistent workers keep counting
@@ -254,7 +263,7 @@ class TransitionDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
-        readers = open_shards(self.data_dirs, self.keys)
+        readers = shard_readers(self.data_dirs, self.keys)
         rank = self.trainer.global_rank if self.trainer is not None else _rank()
         self.dataset = TransitionDataset(readers, self.batch_size, self.keys, self.cache, self.seed, rank)
 
@@ -264,6 +273,7 @@ class TransitionDataModule(pl.LightningDataModule):
         return DataLoader(
             self.dataset,
             batch_size=None,  # the dataset yields whole batches
+            collate_fn=passthrough_collate,  # (the default would walk every batch converting nothing)
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -272,11 +282,6 @@ class TransitionDataModule(pl.LightningDataModule):
 
 # --------------------------------------------------------------------------------------------------
 # frames
-
-
-def passthrough_collate(batch: Any) -> Any:
-    """Collate function for datasets whose ``__getitems__`` already returns a whole batch."""
-    return batch
 
 
 class FrameDataset(Dataset):
@@ -333,7 +338,7 @@ class FrameDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         ids = self.ids[np.asarray(indices, dtype=np.int64)]
         if self._cache is not None:
-            return {k: torch.from_numpy(self._cache[k][ids]) for k in self.keys}
+            return {k: torch.from_numpy(np.take(self._cache[k], ids, axis=0)) for k in self.keys}
         shards = self._shard[ids]
         order = np.argsort(shards, kind="stable")  # group by shard; results go back to the asked order
         rows = self._rows[ids][order]
@@ -395,7 +400,7 @@ class FrameDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
-        self.dataset = FrameDataset(open_shards(self.data_dirs, self.keys), self.keys, self.cache)
+        self.dataset = FrameDataset(shard_readers(self.data_dirs, self.keys), self.keys, self.cache)
         if len(self.dataset) == 0:
             raise ValueError(f"no frames in {[str(d) for d in self.data_dirs]}")
         if self.val_fraction > 0:
@@ -403,6 +408,8 @@ class FrameDataModule(pl.LightningDataModule):
             self.train_set, self.val_set = self.dataset.subset(train), self.dataset.subset(val)
         else:
             self.train_set, self.val_set = self.dataset, None
+        for r in self.dataset.readers:
+            r.close()  # episodes() read from the files: no HDF5 handle may cross the fork into workers
 
     def _loader(self, dataset: FrameDataset, shuffle: bool) -> DataLoader:
         return DataLoader(

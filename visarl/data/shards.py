@@ -6,7 +6,7 @@ One HDF5 file holds a contiguous block of N rows. Each row is one OBSERVATION; t
 segment are contiguous and ordered by step. Datasets, all of length N:
 
 =============  ======================  ===========================================================
-``rgb``        uint8 [N, H, W, 3]      upright camera frame; chunked by rows for random reads
+``rgb``        uint8 [N, H, W, 3]      upright camera frame (contiguous, memory-mapped by readers)
 ``state``      float32 [N, S]          proprioceptive / object state vector
 ``action``     float32 [N, A]          action taken at this observation (zeros where none was)
 ``reward``     float32 [N]             reward received for that action
@@ -20,6 +20,10 @@ segment are contiguous and ordered by step. Datasets, all of length N:
 ``saliency``   uint8 [N, H, W]         optional: added later by the ``label`` stage (:func:`write_field`)
 =============  ======================  ===========================================================
 
+Observation keys beyond ``rgb`` and ``state`` given to the writer are stored the same way (per row).
+Datasets are contiguous and uncompressed by default: readers memory-map them, so random rows cost a numpy
+gather (see :data:`DEFAULT_CHUNK_ROWS` for the measurements against chunked storage).
+
 Transitions are the rows with ``has_next``; ``next_obs`` is row + 1, so every frame is stored once and a
 transition never crosses an episode (or shard) boundary. An episode still running when a shard is cut is
 split: its segment ends with its latest observation (``has_next`` False) and that observation is also the
@@ -27,6 +31,8 @@ first row of its next segment, marked ``continued`` so that frame-level readers 
 
 Attributes: ``format``, ``schema_version``, ``writer_id``, the producer's ``task``, ``camera``,
 ``image_size``, ``action_repeat``, ``config`` (YAML text), and ``complete = True``, set last.
+Episode ids are ``writer_id << 40 | n``, unique across writers with distinct ``writer_id`` (e.g. DDP ranks)
+and across resumed runs (a writer continues after the ids and shard indices already in its directory).
 
 Crash safety: a shard is written to ``.{name}.tmp`` in the same directory, marked complete, closed, fsynced
 and ``os.replace``-d to ``{prefix}-w{writer_id}-{index:06d}.h5``. Readers list only ``*.h5`` files not
@@ -37,6 +43,7 @@ HDF5 instead of npz so that rows can be read at random without loading a file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -201,7 +208,7 @@ class ShardWriter:
     def _scan_existing(self) -> tuple[int, int]:
         """Next shard index and episode counter after this writer's shards already in the directory."""
         index, episode = 0, 0
-        for path in self.directory.glob(f"{glob_escape(self.prefix)}-w{self.writer_id}-*.h5"):
+        for path in self.directory.glob(f"{_glob_escape(self.prefix)}-w{self.writer_id}-*.h5"):
             m = _SHARD_NAME.match(path.name)
             if not m or m["prefix"] != self.prefix or int(m["writer"]) != self.writer_id:
                 continue
@@ -363,7 +370,7 @@ class ShardWriter:
         return cols
 
 
-def glob_escape(text: str) -> str:
+def _glob_escape(text: str) -> str:
     """Escape glob metacharacters in a literal file-name part."""
     return re.sub(r"([\[\]\*\?])", r"[\1]", text)
 
@@ -555,7 +562,7 @@ def _read_all(dsid: h5py.h5d.DatasetID) -> np.ndarray:
 
 
 class _Guard:
-    """Turn HDF5 errors (OSError, RuntimeError, KeyError from damaged files) into ShardError naming the file."""
+    """Turn h5py's errors for damaged files (OSError, RuntimeError, KeyError) into ShardError naming the file."""
 
     def __init__(self, reader: ShardReader, what: str) -> None:
         self.reader, self.what = reader, what
@@ -566,7 +573,7 @@ class _Guard:
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
         if exc is None or isinstance(exc, (ShardError, IndexError)):
             return False
-        if isinstance(exc, (OSError, RuntimeError, KeyError, ValueError, TypeError)):
+        if isinstance(exc, (OSError, RuntimeError, KeyError)):
             raise ShardError(f"{self.reader.path}: {self.what} (damaged or not an HDF5 shard): {exc}") from exc
         return False
 
@@ -592,8 +599,10 @@ def read_sorted(dset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
 def open_shards(directory: str | Path, strict: bool = True) -> list[ShardReader]:
     """Validated readers for the shards in ``directory``, sorted by name (see :func:`list_shards`)."""
     directory = Path(directory)
+    if not directory.exists():
+        return []  # nothing collected yet; consumers that need data raise their own error naming it
     if not directory.is_dir():
-        raise FileNotFoundError(f"shard directory not found: {directory}")
+        raise NotADirectoryError(f"shard directory {directory} is a file")
     readers = []
     for path in sorted(directory.glob("*.h5")):
         if path.name.startswith(".") or not path.is_file():
@@ -609,8 +618,9 @@ def open_shards(directory: str | Path, strict: bool = True) -> list[ShardReader]
 def list_shards(directory: str | Path, strict: bool = True) -> list[Path]:
     """Shard files in ``directory``, sorted by name; temporary files (names starting with '.') are ignored.
 
-    Each ``*.h5`` is opened and validated: with ``strict`` a file that is not a complete, consistent shard
-    raises :class:`ShardError` naming it (data must not silently go missing); otherwise it is skipped.
+    A directory that does not exist holds no shards. Each ``*.h5`` is opened and validated: with ``strict``
+    a file that is not a complete, consistent shard raises :class:`ShardError` naming it (data must not
+    silently go missing); otherwise it is skipped.
     """
     return [r.path for r in open_shards(directory, strict)]
 
@@ -696,3 +706,10 @@ def dataset_info(directories: str | Path | Sequence[str | Path]) -> DatasetInfo:
         successful_episodes=len(np.unique(won)),
         fields=tuple(sorted(fields or ())),
     )
+
+
+def summarize(directories: str | Path | Sequence[str | Path]) -> dict[str, Any]:
+    """:func:`dataset_info` as a JSON-ready dict (for run summaries)."""
+    info = dataclasses.asdict(dataset_info(directories))
+    info["fields"] = list(info["fields"])
+    return info

@@ -5,7 +5,6 @@ Importing this package chooses MuJoCo's headless GL backend (EGL, else OSMesa) b
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +22,9 @@ from visarl.envs.metaworld_env import (  # noqa: E402
     TASK_ALIASES,
     Keypoint,
     MetaWorldPixelEnv,
+    keypoint_names,
     keypoints_from_state,
+    keypoints_from_states,
     resolve_task,
     task_names,
 )
@@ -41,7 +42,9 @@ __all__ = [
     "MetaWorldPixelEnv",
     "configure_gl",
     "env_kwargs",
+    "keypoint_names",
     "keypoints_from_state",
+    "keypoints_from_states",
     "make_env",
     "make_env_from_config",
     "make_vector_env",
@@ -121,9 +124,10 @@ def make_vector_env(
 ) -> gym.vector.VectorEnv:
     """``num_envs`` pixel envs stepping together; env i is seeded ``seed + i``.
 
-    Asynchronous (default) runs each env in its own process, so each process holds one renderer:
-    several GL renderers in one process have been reported to corrupt frames. Workers start with
-    ``spawn`` by default, so no GL or EGL state is inherited through ``fork``.
+    Asynchronous (default) runs each env in its own process, with one renderer each, so rendering
+    runs in parallel. Workers start with ``spawn`` by default, so no GL state is inherited through
+    ``fork`` (scripts need the usual ``if __name__ == "__main__":`` guard; pass ``context="fork"``
+    otherwise). Synchronous is safe too: each visarl renderer makes its own GL context current.
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -133,9 +137,4 @@ def make_vector_env(
         extra["autoreset_mode"] = autoreset_mode
     if asynchronous:
         return gym.vector.AsyncVectorEnv(fns, context=context, **extra)
-    if num_envs > 1:
-        warnings.warn(
-            "a synchronous vector env renders several envs in one process; use asynchronous=True if frames look wrong",
-            stacklevel=2,
-        )
     return gym.vector.SyncVectorEnv(fns, **extra)

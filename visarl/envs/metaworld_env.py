@@ -7,7 +7,9 @@ Sec. IV), so ``reset(seed=s)`` followed by N resets reproduces the same N+1 layo
 
 Why not ``gym.make("Meta-World/MT1", ...)``: it wraps the task in a ``RandomTaskSelectWrapper`` over
 50 layouts pre-sampled at construction, ``reset(seed=...)`` changes nothing (Meta-World's ``reset``
-ignores its seed; only the constructor's seed matters), and its render path is ~10x slower.
+ignores its seed; only the constructor's seed matters), and its render path is ~13x slower.
+Meta-World's own reset also returns (and would draw) the previous layout's goal marker and, for
+faucet/drawer, object position: :meth:`MetaWorldPixelEnv.reset` recomputes both.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ CAMERAS: tuple[str, ...] = ("topview", "corner", "corner2", "corner3", "corner4"
 """Cameras of Meta-World's Sawyer scene (``xyz_base.xml``); the first five are fixed in the world."""
 
 DEFAULT_CAMERA = "corner4"
-"""corner4 looks at the table from the same direction as the common corner2 but from closer, so at 64x64
-the handles and goal markers are several pixels wide instead of one or two. Over 200 random layouts of
-each of the four tasks it keeps the object, the goal and the gripper's start position in the frame
-(corner2 does too, smaller; corner and corner3 let the arm hide the objects more often)."""
+"""The paper does not name its camera. corner4 looks at the table from the same direction as the common
+corner2, but from closer: the scene is ~1.6x larger (gripper-to-goal distance 12 px instead of 7.6 px
+at 64x64), so handles and goal markers are a few pixels wide instead of one or two. Over 100 random
+layouts of each of the four paper tasks, its frames keep the gripper, the object and the goal in view
+and unoccluded at reset (so do corner, corner2 and corner3); the frame shows the whole table front."""
 
 TCP_OFFSET = np.array([0.0, 0.0, -0.045])
 """Gripper tip (``tcp_center``, between the finger pads) minus the hand body position (state[0:3]).
@@ -91,9 +94,39 @@ def _named_points(gripper: np.ndarray, objects: np.ndarray, goal: np.ndarray) ->
     objs = np.asarray(objects).reshape(-1, 3)
     names = ["object"] if len(objs) == 1 else [f"object{i}" for i in range(len(objs))]
     points = [("gripper", "gripper", np.asarray(gripper))]
-    points += [(n, "object", p) for n, p in zip(names, objs)]
+    points += [(n, "object", p) for n, p in zip(names, objs, strict=True)]
     points.append(("goal", "goal", np.asarray(goal)))
     return points
+
+
+def _keypoints(points: list[tuple[str, str, np.ndarray]], xy: np.ndarray, visible: np.ndarray) -> list[Keypoint]:
+    return [
+        Keypoint(name, kind, float(x), float(y), bool(v))
+        for (name, kind, _), (x, y), v in zip(points, xy, visible, strict=True)
+    ]
+
+
+def keypoint_names(n_objects: int = 1) -> list[tuple[str, str]]:
+    """(name, kind) of each keypoint, in the order every keypoint function returns them."""
+    return [(name, kind) for name, kind, _ in _named_points(np.zeros(3), np.zeros(3 * n_objects), np.zeros(3))]
+
+
+def keypoints_from_states(states: np.ndarray, camera: CameraModel, n_objects: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Batched :func:`keypoints_from_state`: states [B, 39] -> (xy [B, K, 2] float, visible [B, K] bool).
+
+    K = 2 + n_objects, ordered as :func:`keypoint_names`; ``visible`` means inside the frame.
+    """
+    states = np.asarray(states, dtype=np.float64)
+    if states.ndim != 2 or states.shape[1] != STATE_DIM:
+        raise ValueError(f"states must have shape [B, {STATE_DIM}], got {states.shape}")
+    points = [states[:, 0:3] + TCP_OFFSET]  # gripper tip
+    points += [states[:, 4 + 7 * i : 7 + 7 * i] for i in range(n_objects)]  # object i: xyz, then a quaternion
+    points.append(states[:, 36:39])  # goal
+    points = np.stack(points, axis=1)  # [B, K, 3]
+    b, k = points.shape[:2]
+    xy, depth = camera.project(points.reshape(-1, 3))
+    visible = camera.in_frame(xy, depth)
+    return xy.reshape(b, k, 2), visible.reshape(b, k)
 
 
 def keypoints_from_state(state: np.ndarray, camera: CameraModel, n_objects: int = 1) -> list[Keypoint]:
@@ -105,13 +138,10 @@ def keypoints_from_state(state: np.ndarray, camera: CameraModel, n_objects: int 
     state = np.asarray(state, dtype=np.float64)
     if state.shape != (STATE_DIM,):
         raise ValueError(f"state must have shape ({STATE_DIM},), got {state.shape}")
-    objects = np.concatenate([state[4 + 7 * i : 7 + 7 * i] for i in range(n_objects)])
-    points = _named_points(state[0:3] + TCP_OFFSET, objects, state[36:39])
-    xy, depth = camera.project(np.stack([p for _, _, p in points]))
-    inside = camera.in_frame(xy, depth)
+    xy, visible = keypoints_from_states(state[None], camera, n_objects)
     return [
         Keypoint(name, kind, float(x), float(y), bool(v))
-        for (name, kind, _), (x, y), v in zip(points, xy, inside)
+        for (name, kind), (x, y), v in zip(keypoint_names(n_objects), xy[0], visible[0], strict=True)
     ]
 
 
@@ -131,7 +161,7 @@ class MetaWorldPixelEnv(gym.Env):
             ``reset()`` is reproducible too.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 16}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
 
     def __init__(
         self,
@@ -179,6 +209,8 @@ class MetaWorldPixelEnv(gym.Env):
         # Meta-World refuses to step past its own 500-step horizon; ours counts agent steps.
         mw.max_path_length = self.episode_length * self.action_repeat
         self._mw = mw
+        # one agent step is action_repeat * frame_skip (5) physics steps of 2.5 ms: 80 Hz without repeats
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / (mw.dt * self.action_repeat))}
         self._n_objects = len(mw._get_pos_objects()) // 3
 
         self._renderer = FrameRenderer(
@@ -312,15 +344,19 @@ class MetaWorldPixelEnv(gym.Env):
                 c, r = int(round(xy[i, 0])), int(round(xy[i, 1]))
                 window = zbuf[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
                 visible[i] = bool((window >= depth[i] - depth_tolerance).any())
-        return [
-            Keypoint(name, kind, float(x), float(y), bool(v)) for (name, kind, _), (x, y), v in zip(points, xy, visible)
-        ]
+        return _keypoints(points, xy, visible)
 
     def keypoints_from_state(self, state: np.ndarray) -> list[Keypoint]:
         """Keypoints of a stored frame of this task and camera from its 39-d state (see module function)."""
         if not self._fixed_camera:
             raise ValueError(f"camera {self.camera!r} moves with the robot: its pose is not in the state")
         return keypoints_from_state(state, self._camera, self._n_objects)
+
+    def keypoints_from_states(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Batched: states [B, 39] -> (xy [B, K, 2], visible [B, K]) in this env's frames."""
+        if not self._fixed_camera:
+            raise ValueError(f"camera {self.camera!r} moves with the robot: its pose is not in the state")
+        return keypoints_from_states(states, self._camera, self._n_objects)
 
     def render_segmentation(self) -> np.ndarray:
         """Upright segmentation [H, W, 2] (object id, mjtObj type) of the current state; -1 is background."""

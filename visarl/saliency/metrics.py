@@ -68,9 +68,7 @@ class FMeasure(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(
-        self, beta2: float = 0.3, target_threshold: float = 0.5, num_thresholds: int = 256, **kwargs
-    ) -> None:
+    def __init__(self, beta2: float = 0.3, target_threshold: float = 0.5, num_thresholds: int = 256, **kwargs) -> None:
         super().__init__(**kwargs)
         if num_thresholds < 2:
             raise ValueError(f"num_thresholds must be >= 2, got {num_thresholds}")

@@ -269,9 +269,7 @@ class PiCANet(nn.Module):
     def forward(self, x: Tensor) -> PiCANetOutput:
         """``x [B, 3, S, S]`` float RGB in [0, 1], ``S == input_size``."""
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(
-                f"expected input [B, 3, {self.input_size}, {self.input_size}], got {list(x.shape)}"
-            )
+            raise ValueError(f"expected input [B, 3, {self.input_size}, {self.input_size}], got {list(x.shape)}")
         h = (x - self.mean) / self.std
         skips = []
         for start, end in _VGG_STAGES:

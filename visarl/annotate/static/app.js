@@ -31,7 +31,8 @@ const LUT = (() => {
     const k = Math.min(Math.floor(p), INFERNO.length - 2);
     const f = p - k;
     for (let c = 0; c < 3; c++) lut[i * 4 + c] = INFERNO[k][c] * (1 - f) + INFERNO[k + 1][c] * f;
-    lut[i * 4 + 3] = i === 0 ? 0 : 255 * Math.min(0.85, 0.1 + 0.9 * Math.pow(v, 0.7));
+    // Opacity rises from 0 with the saliency, so a Gaussian's tail fades out instead of ending in a rim.
+    lut[i * 4 + 3] = 255 * 0.88 * Math.min(1, 1.05 * Math.pow(v, 0.55));
   }
   return lut;
 })();
@@ -303,7 +304,6 @@ function thumb(i, onclick) {
   im.draggable = false;
   const badge = document.createElement("span");
   badge.className = "badge";
-  badge.textContent = i + 1;
   b.append(im, badge);
   b.addEventListener("click", onclick);
   return b;
@@ -320,7 +320,8 @@ function renderStrip() {
     const b = strip.children[i];
     b.classList.toggle("has", c > 0);
     b.classList.toggle("current", i === S.frame);
-    b.lastChild.textContent = c > 0 ? c : i + 1;
+    b.lastChild.textContent = c > 0 ? c : "";
+    b.title = `frame ${i + 1}: ${c} ${c === 1 ? "click" : "clicks"}`;
   });
 }
 
@@ -379,7 +380,8 @@ async function main() {
   const st = S.state;
   $("task").textContent = st.task ? st.task : "";
   $("sigma-text").textContent =
-    `σ = ${st.sigma} px at ${st.reference_size || st.width} px, ${st.frame_sigma.toFixed(1)} px on this ${st.width}×${st.height} frame`;
+    `σ = ${st.frame_sigma.toFixed(1)} px on this ${st.width}×${st.height} frame, ` +
+    (st.reference_size ? `${st.sigma} px at ${st.reference_size} px` : "as configured");
   document.title = `visarl · ${st.task || "saliency annotation"}`;
   layout();
   const stage = $("stage");
