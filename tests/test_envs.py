@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import mujoco
 import numpy as np
 import pytest
@@ -374,3 +377,17 @@ def test_frames_survive_gymnasium_renderer_freed_beside_them(reach_env):
     finally:
         env.close()
         door.close()
+
+
+def test_rendering_then_torchvision_import_does_not_crash():
+    """Mesa (llvmpipe) and Triton both bundle LLVM: rendering first, then importing torchvision.ops
+    (which pulls in Triton on CUDA builds) used to segfault the process."""
+    code = (
+        "from visarl.envs import make_env\n"
+        "env = make_env('reach', seed=0); obs, _ = env.reset(); env.close()\n"
+        "import torchvision.ops, torchvision.models\n"
+        "print('ok', obs['rgb'].shape)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ok (64, 64, 3)" in proc.stdout

@@ -7,6 +7,7 @@ decorators run; a new stage adds its module to that tuple.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,13 @@ from typing import Any
 
 from visarl.config import ConfigError, RunConfig
 
-STAGE_MODULES: tuple[str, ...] = ("visarl.data.collect",)
+STAGE_MODULES: tuple[str, ...] = (
+    "visarl.data.collect",
+    "visarl.annotate.stage",
+    "visarl.saliency.stage",
+    "visarl.mae.stage",
+    "visarl.rl.stage",
+)
 """Modules that define stages; imported lazily by :func:`get_stage`."""
 
 
@@ -55,7 +62,8 @@ def register_stage(name: str, schema: type[RunConfig]) -> Callable[[Runner], Run
 
 def _import_all() -> None:
     for module in STAGE_MODULES:
-        importlib.import_module(module)
+        if importlib.util.find_spec(module) is not None:  # stages still being built are skipped
+            importlib.import_module(module)
 
 
 def known_stages() -> list[str]:

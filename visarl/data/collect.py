@@ -121,7 +121,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
                     ep_return[i] = 0.0
             bar.update(steps - before)
             fps = steps / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(fps=f"{fps:.0f}", episodes=len(returns))
+            bar.set_postfix(fps=f"{fps:.0f}", episodes=len(returns), refresh=False)
             if steps // 100 != before // 100:
                 tb.add_scalar("charts/fps", fps, done_steps + steps)
     finally:

@@ -101,6 +101,19 @@ def choose_backend(environ: dict[str, str] | os._Environ, egl_works: Callable[[]
     return None
 
 
+def _load_triton_first() -> None:
+    """Import Triton (shipped with CUDA builds of torch) before Mesa's GL libraries are loaded.
+
+    Mesa's software rasterizer (llvmpipe) and Triton each link their own LLVM. With Mesa loaded first,
+    a later ``import triton`` (pulled in by torchvision.ops or torch.compile) segfaults the process;
+    in the other order both work. Costs about 0.2 s once per process.
+    """
+    try:
+        import triton  # noqa: F401
+    except Exception:  # CPU builds of torch have no triton; nothing to protect then
+        pass
+
+
 def configure_gl() -> str:
     """Choose MuJoCo's headless GL backend before ``mujoco`` is imported; return the backend's name.
 
@@ -111,6 +124,7 @@ def configure_gl() -> str:
     global _configured
     if _configured is not None:
         return _configured
+    _load_triton_first()
     os.environ.setdefault("LP_NUM_THREADS", "0")
     backend = choose_backend(os.environ, _egl_can_create_context)
     if backend is None:
