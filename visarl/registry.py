@@ -21,6 +21,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "visarl.saliency.stage",
     "visarl.mae.stage",
     "visarl.rl.stage",
+    "visarl.report.stage",
 )
 """Modules that define stages; imported lazily by :func:`get_stage`."""
 

@@ -1,0 +1,90 @@
+"""stage: report on synthetic runs with known values: Table I cells, missing cells, Figure 3."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from visarl.fit import run
+from visarl.report import aggregate_curves, collect_results, method_of, table_cells
+
+
+def _fake_run(root: Path, task: str, variant: str, seed: int, curve: list[float], final: float | None) -> Path:
+    run_dir = root / f"{task}-{variant}-{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(
+        f"stage: rl\nseed: {seed}\nenv:\n  task: {task}\nencoder:\n  name: cnn\n  variant: {variant}\n"
+    )
+    tb = SummaryWriter(str(run_dir))
+    for i, v in enumerate(curve):
+        tb.add_scalar("eval/success_rate", v, (i + 1) * 1000)
+    tb.close()
+    if final is not None:
+        (run_dir / "eval.json").write_text(json.dumps({"final": {"success_rate": final, "episodes": 50}}))
+    return run_dir
+
+
+@pytest.fixture
+def fake_runs(tmp_path):
+    root = tmp_path / "runs"
+    finals = {"rgb": [0.2, 0.4, 0.9], "rgbs": [0.5, 0.7, 0.6]}
+    for variant, values in finals.items():
+        for seed, final in enumerate(values):
+            _fake_run(root, "reach-v3", variant, seed, [0.0, final / 2, final], final)
+    _fake_run(root, "door-open", "rgb", 0, [0.1], None)  # evaluated curve but no final eval: missing in the table
+    (root / "not-a-run").mkdir()
+    (root / "collect").mkdir()
+    (root / "collect" / "config.yaml").write_text("stage: collect\n")
+    return root, finals
+
+
+def test_cells_match_numpy(fake_runs):
+    root, finals = fake_runs
+    results = collect_results([root])
+    assert len(results) == 7
+    cells = table_cells(results)
+    for variant, method in (("rgb", "CNN RGB"), ("rgbs", "CNN RGBS")):
+        mean, std, n = cells[(method, "reach")]
+        assert n == 3
+        assert mean == pytest.approx(np.mean(finals[variant]))
+        assert std == pytest.approx(np.std(finals[variant], ddof=1))
+    assert ("CNN RGB", "door-open") not in cells
+
+
+def test_report_stage_writes_table_and_figure(fake_runs, tmp_path):
+    root, finals = fake_runs
+    out = run("conf/report/default.yaml", [f"runs=[{root}]", f"output_dir={tmp_path}/out", "run=r"])
+    rows = list(csv.reader(open(out["table_csv"])))
+    header = rows[0]
+    by_method = {r[0]: dict(zip(header, r, strict=True)) for r in rows[1:]}
+    m, s = np.mean(finals["rgb"]), np.std(finals["rgb"], ddof=1)
+    assert by_method["CNN RGB"]["reach (ours)"] == f"{m:.2f} ± {s:.2f}"
+    assert by_method["CNN RGB"]["reach (paper)"] == "0.39 ± 0.13"
+    assert by_method["CNN RGB"]["door-open (ours)"] == "—"  # never filled in
+    assert by_method["CNN RGB"]["Average (ours)"] == "—"
+    assert by_method["MMAE RGB+Saliency"]["reach (ours)"] == "—"
+    assert by_method["MMAE RGB+Saliency"]["Average (paper)"] == "0.70"
+    png = Path(out["figure"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_curve_aggregation_mean_and_standard_error(fake_runs):
+    root, finals = fake_runs
+    runs = [r for r in collect_results([root]) if r.method == "CNN RGBS"]
+    steps, mean, sem = aggregate_curves(runs)
+    assert list(steps) == [1000, 2000, 3000]
+    values = np.array([[0.0, f / 2, f] for f in finals["rgbs"]])
+    assert np.allclose(mean, values.mean(0))
+    assert np.allclose(sem, values.std(0, ddof=1) / np.sqrt(3))
+
+
+def test_method_names():
+    assert method_of({"encoder": {"name": "cnn", "variant": "rgb_x_saliency"}}) == "CNN RGB x Saliency"
+    assert method_of({"encoder": {"name": "mmae", "modalities": ["rgb", "saliency"]}}) == "MMAE RGB+Saliency"
+    assert method_of({"encoder": {"name": "mmae", "modalities": ["rgb"]}}) == "MMAE RGB"
+    assert method_of({"method": "custom", "encoder": {"name": "cnn"}}) == "custom"

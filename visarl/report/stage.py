@@ -1,0 +1,37 @@
+"""`stage: report`: Table I and Figure 3 from the rl runs found under some directories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from visarl.config import ConfigError, RunConfig
+from visarl.registry import RunContext, register_stage
+from visarl.report.results import collect_results
+from visarl.report.tables import write_figure3, write_table1
+
+
+@dataclass
+class ReportConfig(RunConfig):
+    """Aggregate rl runs into the paper's Table I and Figure 3."""
+
+    stage: str = "report"
+    runs: list[str] = field(default_factory=lambda: ["runs"])
+    """Directories searched (recursively) for rl runs."""
+    out_dir: str = ""
+    """Where table1.md/.csv and figure3.png go; default: the report's own run directory."""
+
+
+@register_stage("report", ReportConfig)
+def run_report(cfg: ReportConfig, ctx: RunContext) -> dict:
+    roots = [Path(r) for r in cfg.runs]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise ConfigError(f"runs: no such directory: {', '.join(missing)}")
+    results = collect_results(roots)
+    out = Path(cfg.out_dir) if cfg.out_dir else ctx.run_dir
+    md, csv_path = write_table1(results, out)
+    fig = write_figure3(results, out)
+    print(md.read_text())
+    print(f"report: {len(results)} rl runs; Table I: {md} ({csv_path.name}); Figure 3: {fig}")
+    return {"table_md": str(md), "table_csv": str(csv_path), "figure": str(fig), "runs": len(results)}

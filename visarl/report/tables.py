@@ -1,0 +1,136 @@
+"""Table I (markdown + CSV) and Figure 3 (PNG learning curves) from gathered run results."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from visarl.report.results import METHODS, PAPER_TABLE1, TASKS, RunResult
+
+MISSING = "—"
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1, None for a single seed) over seeds."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
+
+
+def table_cells(results: list[RunResult]) -> dict[tuple[str, str], tuple[float, float | None, int]]:
+    """(method, task) -> (mean, std, number of seeds) over runs that finished an evaluation."""
+    finals: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in results:
+        if r.final_success is not None:
+            finals[(r.method, r.task)].append(r.final_success)
+    return {key: (*mean_std(vals), len(vals)) for key, vals in finals.items()}
+
+
+def _fmt(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return MISSING
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _rows(results: list[RunResult]) -> tuple[list[str], list[str], list[list[str]]]:
+    cells = table_cells(results)
+    methods = [m for m in METHODS] + sorted({m for m, _ in cells} - set(METHODS))
+    tasks = list(TASKS) + sorted({t for _, t in cells} - set(TASKS))
+    header = ["Method"]
+    for t in tasks:
+        header += [f"{t} (ours)", f"{t} (paper)"]
+    header += ["Average (ours)", "Average (paper)", "seeds"]
+    rows = []
+    for m in methods:
+        row, ours, seeds = [m], [], []
+        paper = PAPER_TABLE1.get(m, {})
+        for t in tasks:
+            mean, std, n = cells.get((m, t), (None, None, 0))
+            row += [_fmt(mean, std), _fmt(*paper[t]) if t in paper else MISSING]
+            ours.append(mean)
+            seeds.append(n)
+        # The average is shown only when every task has a result: a partial average would mislead.
+        avg = None if any(v is None for v in ours) else float(np.mean(ours))
+        paper_avg = float(np.mean([paper[t][0] for t in TASKS])) if all(t in paper for t in TASKS) else None
+        row += [_fmt(avg, None), _fmt(paper_avg, None), "/".join(str(n) for n in seeds)]
+        rows.append(row)
+    return methods, header, rows
+
+
+def write_table1(results: list[RunResult], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``table1.md`` and ``table1.csv``; missing cells are shown as missing, never filled in."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _, header, rows = _rows(results)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md_path = out_dir / "table1.md"
+    md_path.write_text(
+        "Success rate (final evaluation; mean ± sample std over seeds; 'seeds' counts runs per task).\n\n"
+        + "\n".join(md)
+        + "\n"
+    )
+    csv_path = out_dir / "table1.csv"
+    with csv_path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return md_path, csv_path
+
+
+def aggregate_curves(runs: list[RunResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean and standard error over seeds on the union of evaluation steps that every seed reached."""
+    runs = [r for r in runs if len(r.steps)]
+    if not runs:
+        return None
+    last = min(int(r.steps[-1]) for r in runs)
+    grid = np.unique(np.concatenate([r.steps[r.steps <= last] for r in runs]))
+    values = np.stack([np.interp(grid, r.steps, r.success) for r in runs])
+    mean = values.mean(axis=0)
+    sem = values.std(axis=0, ddof=1) / math.sqrt(len(runs)) if len(runs) > 1 else np.zeros_like(mean)
+    return grid, mean, sem
+
+
+def write_figure3(results: list[RunResult], out_dir: Path) -> Path:
+    """Figure 3: success-rate curves per task (columns), CNN methods on top and MultiMAE methods below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = list(TASKS) + sorted({r.task for r in results} - set(TASKS))
+    panels = [
+        ("CNN", [m for m in METHODS if m.startswith("CNN")]),
+        ("MultiMAE", [m for m in METHODS if m.startswith("MMAE")]),
+    ]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 6.4), squeeze=False, sharey=True)
+    by_key: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
+    for r in results:
+        by_key[(r.method, r.task)].append(r)
+    colors = plt.get_cmap("tab10")
+    for row, (family, methods) in enumerate(panels):
+        for col, task in enumerate(tasks):
+            ax = axes[row, col]
+            for k, method in enumerate(methods):
+                curve = aggregate_curves(by_key.get((method, task), []))
+                if curve is None:
+                    continue
+                steps, mean, sem = curve
+                ax.plot(steps, mean, color=colors(k), label=method, lw=1.6)
+                ax.fill_between(steps, mean - sem, mean + sem, color=colors(k), alpha=0.2, lw=0)
+            ax.set_title(f"{task} ({family})", fontsize=10)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            if row == 1:
+                ax.set_xlabel("environment steps")
+            if col == 0:
+                ax.set_ylabel("success rate")
+        handles = [plt.Line2D([], [], color=colors(k), lw=2) for k in range(len(methods))]
+        axes[row, -1].legend(handles, methods, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Success rate (mean ± standard error over seeds)", fontsize=11)
+    fig.tight_layout()
+    path = out_dir / "figure3.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
