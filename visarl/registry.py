@@ -22,6 +22,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "visarl.mae.stage",
     "visarl.rl.stage",
     "visarl.report.stage",
+    "visarl.pipeline",
 )
 """Modules that define stages; imported lazily by :func:`get_stage`."""
 

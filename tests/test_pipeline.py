@@ -1,0 +1,59 @@
+"""stage: pipeline: steps run in order, outputs flow through placeholders, finished steps are skipped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from visarl.config import ConfigError
+from visarl.data.shards import list_shards
+from visarl.fit import run
+
+
+def _pipeline(tmp_path, steps: str) -> str:
+    path = tmp_path / "pipe.yaml"
+    path.write_text(f"stage: pipeline\ntask: reach\nsteps:\n{steps}")
+    return str(path)
+
+
+STEPS = """
+  - name: collect
+    config: conf/collect/random_tiny.yaml
+    overrides: ["data_dir={data}/replay", "env.task={task}", "num_steps=20"]
+  - name: more
+    config: conf/collect/random_tiny.yaml
+    overrides: ["data_dir={step:collect}/../../data/replay", "append=true", "num_steps=20"]
+"""
+
+
+def test_pipeline_runs_steps_and_skips_finished_ones(tmp_path):
+    conf = _pipeline(tmp_path, STEPS)
+    out = run(conf, [f"output_dir={tmp_path}/runs", "run=p"])
+    run_dir = tmp_path / "runs" / "pipe" / "p"
+    assert set(out["steps"]) == {"collect", "more"}
+    shards = list_shards(run_dir / "data" / "replay")
+    assert len(shards) >= 2  # both steps wrote into {data}, the second found it through {step:collect}
+    assert (run_dir / "collect" / "run" / "config.yaml").exists()
+    # A resumed pipeline skips finished steps: nothing new is written.
+    state = json.loads((run_dir / "pipeline_state.json").read_text())
+    assert list(state["done"]) == ["collect", "more"]
+    out = run(resume=str(run_dir))
+    assert list_shards(run_dir / "data" / "replay") == shards
+    # Forget the last step: a resume reruns exactly that one (continuing its own run directory).
+    del state["done"]["more"]
+    (run_dir / "pipeline_state.json").write_text(json.dumps(state))
+    run(resume=str(run_dir))
+    assert json.loads((run_dir / "pipeline_state.json").read_text())["done"].keys() == {"collect", "more"}
+
+
+def test_pipeline_errors_name_the_step(tmp_path):
+    bad_ref = STEPS.replace("{step:collect}", "{step:later}")
+    assert bad_ref != STEPS
+    with pytest.raises(ConfigError, match=r"steps.more: \{step:later\} refers to no earlier step"):
+        run(_pipeline(tmp_path, bad_ref), [f"output_dir={tmp_path}/runs", "run=a"])
+    missing = STEPS.replace("conf/collect/random_tiny.yaml", "conf/nowhere.yaml", 1)
+    with pytest.raises(ConfigError, match=r"steps.collect.config: file not found: conf/nowhere.yaml"):
+        run(_pipeline(tmp_path, missing), [f"output_dir={tmp_path}/runs", "run=b"])
+    with pytest.raises(ConfigError, match="unique name"):
+        run(_pipeline(tmp_path, STEPS.replace("name: more", "name: collect")), [f"output_dir={tmp_path}/runs"])

@@ -1,0 +1,112 @@
+"""`stage: pipeline`: run other stages' configs in order, passing each one's outputs to the next.
+
+Each step names a stage config and overrides for it. Overrides may use placeholders filled in at run time:
+
+- ``{data}``: the pipeline's data folder (``data_root``, default ``<pipeline run dir>/data``),
+- ``{task}``: the pipeline's ``task``,
+- ``{run_dir}``: the pipeline's own run directory,
+- ``{step:NAME}``: the run directory of an earlier step (e.g. ``{step:saliency}/picanet.pt``).
+
+Every step runs as its own run under ``<pipeline run dir>/<step name>/run`` through :func:`visarl.fit.run`,
+so it gets its config.yaml, logs and checkpoints like any other run. ``pipeline_state.json`` records finished
+steps: a rerun (``--resume``) skips them and resumes the step that was interrupted from its own run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from visarl.config import ConfigError, RunConfig
+from visarl.registry import RunContext, register_stage
+
+_PLACEHOLDER = re.compile(r"\{(data|task|run_dir|step:[A-Za-z0-9_\-]+)\}")
+
+
+@dataclass
+class PipelineStep:
+    """One stage run inside a pipeline."""
+
+    name: str = ""
+    """Unique step name; its run lives in <pipeline run>/<name>/run."""
+    config: str = ""
+    """The stage config file to run, e.g. conf/collect/sac_tiny.yaml."""
+    overrides: list[str] = field(default_factory=list)
+    """dotted.key=value overrides, with {data}, {task}, {run_dir} and {step:NAME} placeholders."""
+
+
+@dataclass
+class PipelineConfig(RunConfig):
+    """Chain stage configs; see the module docstring for placeholders."""
+
+    stage: str = "pipeline"
+    task: str = "reach"
+    """The task every step works on (filled in for {task})."""
+    data_root: str = ""
+    """Folder for the pipeline's datasets ({data}); default <pipeline run dir>/data."""
+    steps: list[PipelineStep] = field(default_factory=list)
+    """The steps, run in order."""
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.steps]
+        if not self.steps:
+            raise ConfigError("steps: a pipeline needs at least one step")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes or not all(names):
+            raise ConfigError(f"steps: every step needs a unique name (duplicates: {dupes})")
+
+
+def fill(text: str, values: dict[str, str], step: str) -> str:
+    """Replace the placeholders of one override; unknown or later steps are errors naming the step."""
+
+    def sub(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise ConfigError(f"steps.{step}: {match.group(0)} refers to no earlier step")
+        return values[key]
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+@register_stage("pipeline", PipelineConfig)
+def run_pipeline(cfg: PipelineConfig, ctx: RunContext) -> dict:
+    from visarl.fit import run as fit_run  # visarl.fit imports the registry, which imports this module
+
+    for step in cfg.steps:
+        if not Path(step.config).is_file():
+            raise ConfigError(f"steps.{step.name}.config: file not found: {step.config}")
+    state_path = ctx.run_dir / "pipeline_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"done": {}}
+    values = {
+        "data": cfg.data_root or str(ctx.run_dir / "data"),
+        "task": cfg.task,
+        "run_dir": str(ctx.run_dir),
+    }
+    outputs: dict[str, object] = {}
+    for step in cfg.steps:
+        step_dir = ctx.run_dir / step.name / "run"
+        values[f"step:{step.name}"] = str(step_dir)
+        if step.name in state["done"]:
+            print(f"pipeline: {step.name} already done ({step_dir}), skipping")
+            continue
+        overrides = [fill(o, values, step.name) for o in step.overrides]
+        t0 = time.perf_counter()
+        print(f"pipeline: {step.name}: {step.config} {' '.join(overrides)}")
+        if (step_dir / "config.yaml").exists():  # interrupted before: continue that run
+            outputs[step.name] = fit_run(resume=str(step_dir), overrides=[])
+        else:
+            base = [f"output_dir={ctx.run_dir}", f"name={step.name}", "run=run", f"seed={cfg.seed}"]
+            outputs[step.name] = fit_run(step.config, overrides + base)  # the step's run dir is the pipeline's
+        state["done"][step.name] = {"run_dir": str(step_dir), "seconds": round(time.perf_counter() - t0, 1)}
+        _save_state(state_path, state)
+    return {"steps": state["done"], "outputs": outputs}
