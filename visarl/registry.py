@@ -23,6 +23,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "visarl.rl.stage",
     "visarl.report.stage",
     "visarl.pipeline",
+    "visarl.experiment",
 )
 """Modules that define stages; imported lazily by :func:`get_stage`."""
 

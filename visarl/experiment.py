@@ -1,0 +1,133 @@
+"""`stage: experiment`: a matrix of rl runs (methods x tasks x seeds), e.g. the paper's Table I.
+
+Each cell is one ``python -m visarl.fit`` run in ``<root>/<method>-<task>/seed<seed>``. The matrix runs its
+cells one after another or ``parallel`` at a time as local processes, skips cells whose ``eval.json`` holds a
+final evaluation, resumes cells that were interrupted, and with ``print_only: true`` prints one command line
+per remaining cell for a cluster scheduler instead. Method overrides may use ``{task}`` and ``{seed}``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from visarl.config import ConfigError, RunConfig
+from visarl.registry import RunContext, register_stage
+
+
+@dataclass
+class MethodSpec:
+    """One row of the matrix: an rl config and its overrides."""
+
+    name: str = ""
+    """Row name, used in run directory names (e.g. cnn_rgbs)."""
+    config: str = ""
+    """The rl config file."""
+    overrides: list[str] = field(default_factory=list)
+    """dotted.key=value overrides; {task} and {seed} are filled in per cell."""
+
+
+@dataclass
+class ExperimentConfig(RunConfig):
+    """Run every (method, task, seed) cell of a matrix."""
+
+    stage: str = "experiment"
+    root: str = "runs/table1"
+    """Where the cells' runs live; stable across invocations so finished cells are found and skipped."""
+    tasks: list[str] = field(default_factory=lambda: ["reach", "drawer-open", "faucet-open", "door-open"])
+    """Columns of the matrix."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds per cell (the paper: 3)."""
+    methods: list[MethodSpec] = field(default_factory=list)
+    """Rows of the matrix."""
+    overrides: list[str] = field(default_factory=list)
+    """Overrides applied to every cell (before the method's own)."""
+    parallel: int = 1
+    """Cells run at once as local processes (each may itself use trainer.devices GPUs)."""
+    print_only: bool = False
+    """Print one command line per remaining cell instead of running them."""
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("methods: an experiment needs at least one method")
+        if self.parallel < 1:
+            raise ConfigError(f"parallel: must be >= 1, got {self.parallel}")
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names) or not all(names):
+            raise ConfigError(f"methods: every method needs a unique name, got {names}")
+
+
+@dataclass
+class Cell:
+    method: MethodSpec
+    task: str
+    seed: int
+    run_dir: Path
+
+    def finished(self) -> bool:
+        path = self.run_dir / "eval.json"
+        try:
+            return "success_rate" in json.loads(path.read_text()).get("final", {})
+        except (OSError, ValueError):
+            return False
+
+    def command(self, common: list[str]) -> list[str]:
+        fmt = {"task": self.task, "seed": str(self.seed)}
+        if (self.run_dir / "config.yaml").exists():  # started before: continue it
+            return [sys.executable, "-m", "visarl.fit", "--resume", str(self.run_dir)]
+        overrides = [o.format(**fmt) for o in [*common, *self.method.overrides]]
+        place = [
+            f"output_dir={self.run_dir.parent.parent}",
+            f"name={self.run_dir.parent.name}",
+            f"run={self.run_dir.name}",
+        ]
+        base = [f"env.task={self.task}", f"seed={self.seed}"]
+        return [sys.executable, "-m", "visarl.fit", "--config", self.method.config, *base, *overrides, *place]
+
+
+def cells(cfg: ExperimentConfig) -> list[Cell]:
+    root = Path(cfg.root)
+    return [
+        Cell(m, t, s, root / f"{m.name}-{t}" / f"seed{s}") for m in cfg.methods for t in cfg.tasks for s in cfg.seeds
+    ]
+
+
+@register_stage("experiment", ExperimentConfig)
+def run_experiment(cfg: ExperimentConfig, ctx: RunContext) -> dict:
+    for m in cfg.methods:
+        if not Path(m.config).is_file():
+            raise ConfigError(f"methods.{m.name}.config: file not found: {m.config}")
+    todo = [c for c in cells(cfg) if not c.finished()]
+    total = len(cells(cfg))
+    print(f"experiment: {total - len(todo)}/{total} cells finished, {len(todo)} to run")
+    if cfg.print_only:
+        for c in todo:
+            print(shlex.join(c.command(cfg.overrides)))
+        return {"todo": len(todo), "total": total}
+    running: list[tuple[Cell, subprocess.Popen]] = []
+    failed: list[str] = []
+    log_dir = ctx.run_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+    queue = list(todo)
+    while queue or running:
+        while queue and len(running) < cfg.parallel:
+            c = queue.pop(0)
+            log = open(log_dir / f"{c.run_dir.parent.name}-{c.run_dir.name}.log", "ab")
+            running.append((c, subprocess.Popen(c.command(cfg.overrides), stdout=log, stderr=subprocess.STDOUT)))
+            print(f"experiment: started {c.run_dir}")
+        for c, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((c, proc))
+                status = "done" if proc.returncode == 0 and c.finished() else f"FAILED (exit {proc.returncode})"
+                if status != "done":
+                    failed.append(str(c.run_dir))
+                print(f"experiment: {status}: {c.run_dir}")
+        time.sleep(0.5)
+    if failed:
+        print(f"experiment: {len(failed)} cells failed; their logs are in {log_dir}; rerun to retry them")
+    return {"todo": len(todo), "total": total, "failed": failed}
