@@ -42,5 +42,6 @@ def test_collect_refuses_to_mix_into_existing_data(tmp_path):
     with pytest.raises(ConfigError, match="already holds"):
         run("conf/collect/random_tiny.yaml", base + ["run=b"])
     assert sorted(p.name for p in data_dir.iterdir()) == before
+    assert not (tmp_path / "runs" / "random_tiny" / "b").exists()  # the rejected run leaves no directory
     run("conf/collect/random_tiny.yaml", base + ["run=c", "append=true"])
     assert len(list_shards(data_dir)) > len(before)

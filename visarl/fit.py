@@ -13,6 +13,7 @@ import argparse
 import datetime as _dt
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,13 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
     tmp.write_text(to_yaml(cfg))
     os.replace(tmp, run_dir / "config.yaml")
     seed_everything(cfg.seed)
-    return get_stage(cfg.stage).runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
+    try:
+        return get_stage(cfg.stage).runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
+    except ConfigError:
+        # A runner that rejects its input before writing anything leaves no empty run directory behind.
+        if not resuming and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
+            shutil.rmtree(run_dir)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

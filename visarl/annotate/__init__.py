@@ -3,9 +3,14 @@
 - :mod:`~visarl.annotate.maps`: clicks -> Gaussian saliency maps (sigma = 10 px at 224 px by default).
 - :mod:`~visarl.annotate.store`: the crash-safe click journal, the HDF5 export and its reader.
 - :mod:`~visarl.annotate.server`: the local web page (stdlib HTTP server, no extra dependency).
+- :mod:`~visarl.annotate.select`: which frames to annotate, ``random`` (paper) or ``diverse`` (greedy k-center).
+- :mod:`~visarl.annotate.simulated`: the simulated annotator, clicking on keypoints projected from stored states.
+- :mod:`~visarl.annotate.stage`: ``stage: annotate`` (registered with ``visarl.fit``; not imported here).
 """
 
 from visarl.annotate.maps import COMBINE_MODES, clicks_to_map, frame_sigma, maps_from_clicks
+from visarl.annotate.select import FramePool, coverage, frame_pool, k_center, select_frames
+from visarl.annotate.simulated import SimulatedAnnotator, SimulatedConfig
 from visarl.annotate.store import (
     EXPORT_FORMAT,
     SCHEMA_VERSION,
@@ -21,9 +26,16 @@ __all__ = [
     "SCHEMA_VERSION",
     "AnnotationStore",
     "Annotations",
+    "FramePool",
     "FrameRef",
+    "SimulatedAnnotator",
+    "SimulatedConfig",
     "clicks_to_map",
+    "coverage",
+    "frame_pool",
     "frame_sigma",
+    "k_center",
     "load_annotations",
     "maps_from_clicks",
+    "select_frames",
 ]

@@ -104,6 +104,7 @@ class AnnotationServer:
         display_size: int = 512,
         fsync: bool = True,
         stop_when_done: bool = False,
+        export_attrs: dict[str, Any] | None = None,
     ) -> None:
         self.store = AnnotationStore(
             store_path,
@@ -115,6 +116,7 @@ class AnnotationServer:
             task=task,
             annotator=annotator,
             fsync=fsync,
+            export_attrs=export_attrs,
         )
         self.export_path = Path(export_path) if export_path is not None else self.store.path.with_suffix(".h5")
         self.display_size = int(display_size)
@@ -425,7 +427,7 @@ def serve(
     The export is written on the way out in any case (it is cheap and the journal keeps everything); the
     caller can tell unfinished work from ``load_annotations(path).annotated``. ``ready`` is called with the
     running server (its ``url``, ``port``) before waiting. ``kwargs`` go to :class:`AnnotationServer`
-    (sigma, reference_size, combine, task, annotator, display_size, fsync).
+    (sigma, reference_size, combine, task, annotator, display_size, fsync, export_attrs).
     """
     app = AnnotationServer(
         frames, refs, store_path, host, port, export_path=export_path, stop_when_done=stop_when_done, **kwargs

@@ -19,7 +19,9 @@ Export format (``export(path)``, HDF5, written to a temp file, fsync-ed, then re
 ------------------------------------------------------------------------------------
 File attributes: ``format = "visarl-annotations"``, ``schema_version = 1``, ``sigma`` (px at the reference
 resolution), ``reference_size`` (0 means sigma is in frame pixels), ``frame_sigma`` (px on the frame),
-``combine`` (``"max"`` or ``"sum"``), ``task``, ``created`` (unix s), ``journal`` (the journal's file name).
+``combine`` (``"max"`` or ``"sum"``), ``task``, ``created`` (unix s), ``journal`` (the journal's file name),
+and any ``export_attrs`` the store was given (the annotate stage records ``selection``, ``seed``,
+``annotator_kind``, ``data_dir``, ... there; see :mod:`visarl.annotate.stage`).
 
 Datasets, ``N`` frames of ``H x W``, ``M`` clicks in all:
 
@@ -57,6 +59,18 @@ from visarl.annotate.maps import COMBINE_MODES, clicks_to_map, frame_sigma, maps
 JOURNAL_FORMAT = "visarl-annotation-journal"
 EXPORT_FORMAT = "visarl-annotations"
 SCHEMA_VERSION = 1
+EXPORT_ATTRS = (
+    "format",
+    "schema_version",
+    "sigma",
+    "reference_size",
+    "frame_sigma",
+    "combine",
+    "task",
+    "created",
+    "journal",
+)
+"""File attributes every export has; ``export_attrs`` adds others (the annotate stage: selection, seed, ...)."""
 
 
 class FrameRef(NamedTuple):
@@ -141,6 +155,7 @@ class AnnotationStore:
         task: str = "",
         annotator: str = "",
         fsync: bool = True,
+        export_attrs: dict[str, Any] | None = None,
     ) -> None:
         if combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
@@ -150,6 +165,11 @@ class AnnotationStore:
         self.path = Path(path)
         self.sigma, self.reference_size, self.combine = float(sigma), reference_size, combine
         self.task, self.annotator, self._fsync = task, annotator, fsync
+        # Extra file attributes of every export (e.g. the stage's frame selection and seed); str, numbers, bools.
+        self.export_attrs = dict(export_attrs or {})
+        clash = set(self.export_attrs) & set(EXPORT_ATTRS)
+        if clash:
+            raise ValueError(f"export_attrs {sorted(clash)} would overwrite the export's own attributes")
         self._lock = threading.RLock()
         self._frames_state = [_Frame() for _ in range(self.num_frames)]
         self._map_cache: dict[int, tuple[int, np.ndarray]] = {}
@@ -415,6 +435,7 @@ class AnnotationStore:
                     created=time.time(),
                     journal=self.path.name,
                 )
+                f.attrs.update(self.export_attrs)
                 f.create_dataset("frames", data=self.frames, compression="gzip")
                 f.create_dataset("maps", data=maps, compression="gzip")
                 f.create_dataset("shard", data=[r.shard for r in self.refs], dtype=text)
