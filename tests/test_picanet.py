@@ -1,4 +1,4 @@
-"""PiCANet: shapes, ranges, gradients, attention invariants, weight loading and a loss that falls."""
+"""PiCANet: shapes, ranges, gradients, the stride-8 layout, attention invariants, weight files, a loss that falls."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from visarl.saliency.picanet import (
     PiCANet,
     PiCANetOutput,
     deep_supervision_loss,
+    load_picanet,
+    save_picanet,
 )
 
 TINY = 1 / 16  # width_mult of the test-size model: VGG channels 4..32
@@ -30,8 +32,8 @@ def _one_thread():
 def _check_output(out: PiCANetOutput, batch: int, size: int) -> None:
     assert isinstance(out, PiCANetOutput)
     assert len(out.sides) == 6
-    for level, side in enumerate(out.sides):  # coarse to fine: size/32 ... size
-        s = size // 2 ** (5 - level)
+    for side, div in zip(out.sides, (8, 8, 8, 4, 2, 1), strict=True):  # three cells at stride 8, then 4, 2, 1
+        s = size // div
         assert side.shape == (batch, 1, s, s)
         assert torch.isfinite(side).all()
         assert side.min() >= 0 and side.max() <= 1
@@ -39,7 +41,7 @@ def _check_output(out: PiCANetOutput, batch: int, size: int) -> None:
 
 
 @pytest.mark.parametrize("global_cells", [False, True])
-@pytest.mark.parametrize("size", [64, 128, 224])
+@pytest.mark.parametrize("size", [32, 64, 128, 224])
 def test_tiny_shapes_and_range(size: int, global_cells: bool) -> None:
     torch.manual_seed(0)
     model = PiCANet(size, global_cells=global_cells, width_mult=TINY).eval()
@@ -50,24 +52,44 @@ def test_tiny_shapes_and_range(size: int, global_cells: bool) -> None:
 
 @pytest.mark.parametrize("global_cells", [False, True])
 def test_paper_size_model(global_cells: bool) -> None:
-    """The default is the paper's network: full VGG-16 widths and decoder channels 512, 512, 512, 256, 128, 64."""
+    """The default is the paper's network: VGG-16 at stride 8 (pool4/pool5 stride 1, conv5 dilated 2), fc6/fc7
+    convs of 1024 channels (fc6 dilated 12), decoder cells on 1024, 512, 512, 256, 128, 64 channels."""
     torch.manual_seed(0)
     model = PiCANet(64, global_cells=global_cells).eval()
     assert sum(p.numel() for p in model.encoder.parameters()) == 14_714_688  # torchvision VGG-16 features
-    assert [cell.bn_en.num_features for cell in model.decoder] == [512, 512, 512, 256, 128, 64]
+    fc6, fc7 = model.fc[0], model.fc[3]
+    assert (fc6.in_channels, fc6.out_channels, fc6.kernel_size, fc6.dilation) == (512, 1024, (3, 3), (12, 12))
+    assert (fc7.in_channels, fc7.out_channels, fc7.kernel_size) == (1024, 1024, (1, 1))
+    assert [model.encoder[i].stride for i in (4, 9, 16, 23, 30)] == [2, 2, 2, 1, 1]  # pool1..pool5
+    assert all(model.encoder[i].dilation == (2, 2) for i in (24, 26, 28))  # conv5_1..5_3
+    assert all(model.encoder[i].dilation == (1, 1) for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21))
+    assert [cell.bn_en.num_features for cell in model.decoder] == [1024, 512, 512, 256, 128, 64]
+    assert [cell.bn_out.num_features for cell in model.decoder] == [512, 512, 256, 128, 64, 64]
     kinds = [type(cell.context).__name__ for cell in model.decoder]
     coarse = "GlobalPiCANet" if global_cells else "NoneType"
     assert kinds == [coarse, coarse] + ["LocalPiCANet"] * 4
+    # Plain cells are the attention branch deleted: Dec from F alone (1x1), not from [F, context].
+    assert [cell.out.in_channels for cell in model.decoder[:2]] == ([2048, 1024] if global_cells else [1024, 512])
+    assert model.decoder[0].fuse is None and all(cell.fuse is not None for cell in model.decoder[1:])
+    assert [cell.context.logits[0].out_channels for cell in model.decoder[2:]] == [128] * 4  # local hidden width
     with torch.no_grad():
+        feats = model.features(torch.rand(1, 3, 64, 64))
         out = model(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (1024, 8, 8),
+        (512, 8, 8),
+        (512, 8, 8),
+        (256, 16, 16),
+        (128, 32, 32),
+        (64, 64, 64),
+    ]
     _check_output(out, 1, 64)
 
 
-def test_global_cells_sized_from_input() -> None:
-    model = PiCANet(224, global_cells=True, width_mult=TINY)
-    g7, g14 = model.decoder[0].context, model.decoder[1].context
-    assert (g7.size, g7.dilation, g7.n) == (7, 1, 7)
-    assert (g14.size, g14.dilation, g14.n) == (14, 2, 7)
+def test_local_hidden_width_is_a_number() -> None:
+    model = PiCANet(32, width_mult=TINY, local_hidden=256)
+    assert [cell.context.logits[0].out_channels for cell in model.decoder[2:]] == [16] * 4  # 256 * TINY
+    assert model.hparams["local_hidden"] == 256
 
 
 @pytest.mark.parametrize("global_cells", [False, True])
@@ -100,7 +122,7 @@ def test_imagenet_normalisation_inside() -> None:
 
 
 def test_rejects_bad_sizes() -> None:
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiple of 8"):
         PiCANet(100, width_mult=TINY)
     model = PiCANet(64, width_mult=TINY)
     with pytest.raises(ValueError, match=r"\[B, 3, 64, 64\]"):
@@ -196,7 +218,7 @@ def test_loss_falls_on_blob_targets() -> None:
         images.append(img.clamp(0, 1))
         targets.append(blob[None])
     x, target = torch.stack(images), torch.stack(targets)
-    prior = [torch.full((4, 1, s, s), target.mean().item()) for s in (2, 4, 8, 16, 32, 64)]
+    prior = [torch.full((4, 1, s, s), target.mean().item()) for s in (8, 8, 8, 16, 32, 64)]
     constant_loss = deep_supervision_loss(prior, target).item()
 
     model = PiCANet(64, width_mult=1 / 8).train()
@@ -237,3 +259,54 @@ def test_local_weights_file(tmp_path) -> None:
     torch.save({"x": np.arange(3)}, pickled)  # needs full unpickling: refused by weights_only
     with pytest.raises(ValueError, match="object.pth"):
         PiCANet(64, width_mult=TINY, weights_path=pickled)
+
+
+def test_torchvision_vgg16_state_dict_loads(tmp_path) -> None:
+    """torchvision's own VGG-16 ``features`` (randomly initialised here: nothing is downloaded) has exactly the
+    encoder's keys and shapes, so pretrained ImageNet weights from a local file fit the stride-8 encoder."""
+    import torchvision
+
+    torch.manual_seed(1)
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    path = tmp_path / "vgg16_features.pth"
+    torch.save(features.state_dict(), path)
+    model = PiCANet(32, weights_path=path)
+    for k, v in features.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[k], v)
+
+
+def test_weights_file_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = PiCANet(32, width_mult=TINY, global_cells=True, local_hidden=64, dropout=0.1).eval()
+    path = save_picanet(model, tmp_path / "picanet.pt")
+    blob = torch.load(path, weights_only=True)
+    assert blob["format"] == "visarl-picanet" and blob["hparams"] == model.hparams
+    loaded = load_picanet(path)
+    assert not loaded.training and loaded.hparams == model.hparams
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).final, model(x).final)
+
+
+def test_weights_file_errors_name_the_file(tmp_path) -> None:
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match=r"foreign\.pt.*not a visarl PiCANet"):
+        load_picanet(foreign)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "visarl-picanet", "x": np.arange(3)}, pickled)  # needs full unpickling: refused
+    with pytest.raises(ValueError, match=r"pickled\.pt"):
+        load_picanet(pickled)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes\.txt"):
+        load_picanet(text)
+    with pytest.raises(ValueError, match=r"missing\.pt"):
+        load_picanet(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    state = PiCANet(32, width_mult=TINY).state_dict()
+    torch.save(
+        {"format": "visarl-picanet", "hparams": {"input_size": 32, "width_mult": TINY * 2}, "state_dict": state}, bad
+    )
+    with pytest.raises(ValueError, match=r"bad\.pt.*corrupt"):
+        load_picanet(bad)

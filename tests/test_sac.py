@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from visarl.config import ConfigError
+from visarl.data.datamodules import TransitionBatch
 from visarl.rl.encoders import PIXEL_VARIANTS, FrozenEncoder, IdentityEncoder, PixelCNN, make_encoder
 from visarl.rl.networks import Actor, Critic
-from visarl.rl.sac import SACAgent, TransitionBatch, make_optimizers, polyak_update, soft_td_target
+from visarl.rl.sac import SACAgent, make_optimizers, polyak_update, soft_td_target
 from visarl.rl.saliency_source import OracleSaliency
 
 A = 4  # Meta-World action size
@@ -372,6 +373,17 @@ def test_bf16_autocast_update_keeps_fp32_losses():
     metrics = agent.update(batch, opts, step=0, autocast_dtype=torch.bfloat16)
     assert all(torch.isfinite(v) for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in agent.parameters())
+
+
+def test_update_without_dtype_inherits_the_callers_autocast():
+    # Lightning's bf16-mixed wraps training_step in autocast; update(autocast_dtype=None) must not switch it off.
+    agent = cnn_agent()
+    seen = []
+    agent.encoder.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        agent.update(make_batch(), make_optimizers(agent), step=0)
+    agent.update(make_batch(), make_optimizers(agent), step=0)
+    assert seen[0] == torch.bfloat16 and seen[-1] == torch.float32
 
 
 def test_same_seed_same_actions_and_losses():

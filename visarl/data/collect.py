@@ -1,7 +1,8 @@
 """`stage: collect`: run a policy in vectorized pixel envs and write every transition to HDF5 shards.
 
-The random policy is here; the state-based SAC policy (whose replay buffer becomes the paper's
-200k-frame pretraining dataset) is added by the SAC loop.
+``policy: random`` acts uniformly at random. ``policy: sac_state`` trains state-based SAC on the task with the
+SAC loop of ``stage: rl`` (:func:`visarl.rl.stage.fit_sac`), rendering and storing every frame: its replay is the
+paper's 200k-frame pretraining dataset (Sec. II-C), and it resumes from checkpoints like any SAC run.
 """
 
 from __future__ import annotations
@@ -14,21 +15,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.config import ConfigError, choice, to_yaml
 from visarl.data.shards import ShardWriter, list_shards, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
 from visarl.registry import RunContext, register_stage
+from visarl.rl.stage import EvalConfig, SACRunConfig, build_agent, fit_sac
 
 
 @dataclass
-class CollectConfig(RunConfig):
-    """Collect transitions from a task into replay shards."""
+class CollectConfig(SACRunConfig):
+    """Collect transitions from a task into replay shards (SAC settings apply to ``policy: sac_state``)."""
 
     stage: str = "collect"
     env: EnvConfig = field(default_factory=EnvConfig)
     """The pixel environment."""
     policy: str = "random"
-    """Which policy acts: 'random' (uniform actions)."""
+    """Which policy acts: 'random' (uniform actions) or 'sac_state' (state-based SAC, learning as it collects)."""
     num_steps: int = 2000
     """Transitions to collect in total, over all envs (the paper's datasets hold 200k frames)."""
     num_envs: int = 1
@@ -39,12 +41,12 @@ class CollectConfig(RunConfig):
     """Where shards go; default data/<task>/replay."""
     append: bool = False
     """Allow adding shards to a data_dir that already holds some (otherwise that is an error)."""
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(every=0, episodes=10))
+    """Evaluation of the sac_state policy: by default only at the end, over 10 episodes (collection is the goal)."""
 
     def __post_init__(self) -> None:
-        choice("policy", self.policy, ["random"])
-        for key in ("num_steps", "num_envs", "rows_per_shard"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        choice("policy", self.policy, ["random", "sac_state"])
+        self._check_loop()
 
 
 def default_data_dir(task: str) -> Path:
@@ -55,6 +57,8 @@ def default_data_dir(task: str) -> Path:
 def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     """Collect ``cfg.num_steps`` transitions; on resume, only what the run's shards still lack."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.env.task)
+    if cfg.policy == "sac_state":
+        return _collect_sac_state(cfg, ctx, data_dir)
     state_file = ctx.run_dir / "collect_state.json"
     done_steps = 0
     if ctx.resume and state_file.exists():
@@ -78,7 +82,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     }
     # A resumed run seeds its envs differently, so it does not replay the episodes it already wrote.
     seed = cfg.seed + 1000 * (done_steps > 0) * (1 + done_steps)
-    envs = make_vector_env(cfg.num_envs, seed=seed, **env_kwargs(cfg.env))
+    envs = make_vector_env(cfg.num_envs, seed=seed, asynchronous=cfg.async_envs, **env_kwargs(cfg.env))
     rng = np.random.default_rng(seed)
     writer = ShardWriter(data_dir, rows_per_shard=cfg.rows_per_shard, attrs=attrs)
 
@@ -135,5 +139,38 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     if returns:
         summary["mean_return"] = float(np.mean(returns))
     (ctx.run_dir / "collect.json").write_text(json.dumps(summary, indent=2))
-    print(f"collect: wrote {done_steps + steps} steps of {cfg.env.task} to {data_dir} ({len(writer.shard_paths)} shards)")
+    print(
+        f"collect: wrote {done_steps + steps} steps of {cfg.env.task} to {data_dir} ({len(writer.shard_paths)} shards)"
+    )
+    return summary
+
+
+def _collect_sac_state(cfg: CollectConfig, ctx: RunContext, data_dir: Path) -> dict:
+    """Train state SAC while storing rendered frames; the shards in ``data_dir`` are the dataset."""
+    if not ctx.resume and list_shards(data_dir) and not cfg.append:
+        raise ConfigError(
+            f"data_dir {data_dir} already holds {len(list_shards(data_dir))} shards; "
+            "pass append=true to add to them or data_dir=<another folder>"
+        )
+    attrs = {
+        "task": cfg.env.task,
+        "camera": cfg.env.camera,
+        "image_size": cfg.env.image_size,
+        "action_repeat": cfg.env.action_repeat,
+        "config": to_yaml(cfg),
+    }
+    agent = build_agent(cfg, "identity", "")  # the 39-d state: SAC learns the task fast, frames are only stored
+    t0 = time.perf_counter()
+    result = fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs)
+    summary = summarize(data_dir)
+    summary.update(
+        data_dir=str(data_dir),
+        policy=cfg.policy,
+        env_steps=result.get("env_step"),
+        num_updates=result.get("num_updates"),
+        final_eval=result.get("final_eval"),
+        seconds=time.perf_counter() - t0,
+    )
+    (ctx.run_dir / "collect.json").write_text(json.dumps(summary, indent=2))
+    print(f"collect: {cfg.num_steps} SAC steps of {cfg.env.task} stored in {data_dir}")
     return summary

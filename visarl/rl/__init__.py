@@ -1,8 +1,9 @@
 """SAC for ViSaRL: encoders and input variants, actor and twin critics, the update math, saliency sources."""
 
+from visarl.data.datamodules import TransitionBatch
 from visarl.rl.encoders import FrozenEncoder, IdentityEncoder, PixelCNN, make_encoder
 from visarl.rl.networks import Actor, Critic, SquashedNormal
-from visarl.rl.sac import SACAgent, SACOptimizers, TransitionBatch, make_optimizers
+from visarl.rl.sac import SACAgent, SACOptimizers, make_optimizers
 from visarl.rl.saliency_source import OracleSaliency, SaliencySource
 
 __all__ = [

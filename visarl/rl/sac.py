@@ -13,6 +13,7 @@ A LightningModule with manual optimization drives it either piece by piece (``en
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -22,19 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from visarl.data.datamodules import TransitionBatch
 from visarl.rl.encoders import is_trainable
 from visarl.rl.networks import Actor, Critic
-
-
-class TransitionBatch(NamedTuple):
-    """A batch of transitions; images uint8 [B, C, H, W], vectors [B, ...]."""
-
-    obs: dict[str, Tensor]
-    action: Tensor  # [B, A] in [-1, 1]
-    reward: Tensor  # [B] (or [B, 1])
-    next_obs: dict[str, Tensor]
-    terminated: Tensor  # [B] bool/float: the episode really ended, no bootstrap
-    truncated: Tensor  # [B] bool/float: time limit; still bootstraps (kept for logging and checks)
 
 
 class SACOptimizers(NamedTuple):
@@ -212,14 +203,19 @@ class SACAgent(nn.Module):
     ) -> dict[str, Tensor]:
         """One SAC step: critic always, actor and temperature every ``actor_update_freq`` steps, targets every
         ``target_update_freq`` steps. Forward passes run under autocast when ``autocast_dtype`` is given
-        (losses stay fp32). ``backward`` defaults to ``loss.backward()``; Lightning passes ``manual_backward``.
+        (losses stay fp32); with None the surrounding autocast state applies. ``backward`` defaults to
+        ``loss.backward()``; Lightning passes ``manual_backward``.
         Returns detached metric tensors (no host sync).
         """
         backward = backward if backward is not None else Tensor.backward
         device_type = batch.action.device.type
 
-        def autocast() -> torch.autocast:
-            return torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+        def autocast() -> contextlib.AbstractContextManager:
+            # None inherits the caller's context, so Lightning's precision plugin (which wraps training_step in
+            # autocast) is not switched off in here.
+            if autocast_dtype is None:
+                return contextlib.nullcontext()
+            return torch.autocast(device_type, dtype=autocast_dtype)
 
         with autocast():
             feat = self.encode(batch.obs)  # one encoder pass, shared by critic and actor

@@ -11,8 +11,10 @@ stored and online maps go through the encoders identically (``to_unit`` turns th
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,3 +90,44 @@ class OracleSaliency(SaliencySource):
         if len(keypoints) != rgb.shape[0]:
             raise ValueError(f"keypoint_fn gave {len(keypoints)} keypoint sets for a batch of {rgb.shape[0]} frames")
         return self.render(keypoints, visible, rgb.shape[-2], rgb.shape[-1]).to(rgb.device)
+
+
+SALIENCY_SOURCES = ("none", "oracle", "picanet")
+"""Values of the ``saliency:`` config key."""
+
+
+def make_saliency_source(
+    kind: str,
+    *,
+    camera: Any = None,
+    n_objects: int = 1,
+    checkpoint: str = "",
+    sigma: float = 10.0,
+    device: torch.device | str = "cpu",
+) -> SaliencySource | None:
+    """The source named by a config: None for "none"; the oracle needs the env's fixed ``camera``
+    (:class:`visarl.envs.CameraModel`) to project the stored states; "picanet" loads a trained checkpoint.
+    """
+    if kind == "none":
+        return None
+    if kind == "oracle":
+        from visarl.envs import keypoints_from_states
+
+        if camera is None:
+            raise ValueError("the oracle saliency source needs the env's camera model")
+        return OracleSaliency(functools.partial(keypoints_from_states, camera=camera, n_objects=n_objects), sigma)
+    if kind == "picanet":
+        from visarl.saliency.online import PiCANetSaliency  # imported lazily: the saliency stage is optional here
+
+        return PiCANetSaliency.from_checkpoint(checkpoint, device=device)
+    raise ValueError(f"saliency: {kind!r} is not one of {list(SALIENCY_SOURCES)}")
+
+
+def labeller(source: SaliencySource, device: torch.device | str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Wrap a source for env-step time: (rgb uint8 [n, H, W, 3], states [n, S]) -> uint8 [n, H, W] on the host."""
+
+    def label(rgb: np.ndarray, states: np.ndarray) -> np.ndarray:
+        frames = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).to(device)  # [n, 3, H, W]
+        return source(frames, np.asarray(states)).to("cpu").numpy()[:, 0]
+
+    return label

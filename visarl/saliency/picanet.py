@@ -1,27 +1,36 @@
-"""PiCANet: a VGG-16 U-Net with pixel-wise contextual attention in its decoder.
+"""PiCANet: a dilated VGG-16 U-Net with pixel-wise contextual attention in its decoder.
 
 Liu, Han and Yang, "PiCANet: Learning Pixel-wise Contextual Attention for Saliency Detection", CVPR 2018
-(https://arxiv.org/abs/1708.06433), as used by ViSaRL (Appendix E and G of the paper): the encoder is VGG-16,
-every decoder cell upsamples the coarser decoder feature, fuses it with the encoder skip feature and attends
-over context with a PiCANet module; each cell has a sigmoid side output trained by deep supervision.
-ViSaRL removes the global-attention cells (0.1 s -> 0.01 s a frame, "little degradation"): ``global_cells``
-is False by default here too.
+(https://arxiv.org/abs/1708.06433), VGG-16 version, as used by ViSaRL (Appendix E and G of the paper).
 
-Decoder layout for a 224 input (sizes scale with ``input_size``, which must be divisible by 32):
+Encoder (the authors' Caffe model ``VGG_8s_75G432LP``): VGG-16 kept at stride 8 for its deep layers. pool4 and
+pool5 are 3x3 max pools with stride 1 (padding 1), conv5_1..5_3 are dilated by 2, and fc6/fc7 become convs:
+fc6 3x3 with 1024 channels and dilation 12 (then dropout 0.5), fc7 1x1 with 1024 channels. The VGG part keeps
+torchvision's module indices, so a local torchvision VGG-16 state dict loads into it; fc6/fc7 start random.
 
-====  =======  ========  =====================  ========================================================
-cell  map px   channels  skip feature           context module
-====  =======  ========  =====================  ========================================================
-0     7        512       pool5                  global (dilation 1), or a plain conv cell when off
-1     14       512       conv5_3                global (dilation 2), or a plain conv cell when off
-2     28       512       conv4_3                local, 7x7 window, dilation 2
-3     56       256       conv3_3                local, 7x7 window, dilation 2
-4     112      128       conv2_2                local, 7x7 window, dilation 2
-5     224      64        conv1_2                local, 7x7 window, dilation 2
-====  =======  ========  =====================  ========================================================
+Decoder: six cells, coarse to fine. Each cell takes an encoder feature ``En`` (BN + ReLU), fuses it with the
+2x upsampled output of the previous cell by a 1x1 conv into ``F`` (the first cell has no previous output:
+``F`` is ``En`` itself, as in the authors' model), attends over context with a PiCANet module, concatenates
+``F`` and its attended context, and a 1x1 conv + BN + ReLU gives the cell's output ``Dec``; a 1x1 conv and a
+sigmoid give its side output, trained by deep supervision. For a 224 input:
 
-The original PiCANet keeps conv5 at stride 8 (dilated) and runs its two global cells at 28 px on fc7/conv5;
-here the encoder is the stock torchvision VGG-16 (stride 32), so the two coarse cells sit at 7 and 14 px.
+====  =======  ==========  ===============  ============  =======================================================
+cell  map px   En          En / F channels  Dec channels  context
+====  =======  ==========  ===============  ============  =======================================================
+0     28       fc7         1024             512           global (ReNet, 10x10 positions, dilation 3), or none
+1     28       conv5_3     512              512           global (same), or none
+2     28       conv4_3     512              256           local, 7x7 window, dilation 2
+3     56       conv3_3     256              128           local, 7x7 window, dilation 2
+4     112      conv2_2     128              64            local, 7x7 window, dilation 2
+5     224      conv1_2     64               64            local, 7x7 window, dilation 2
+====  =======  ==========  ===============  ============  =======================================================
+
+ViSaRL removes the global cells (0.1 s -> 0.01 s a frame, "little degradation"); ``global_cells=False`` (the
+default) does the same by deleting the attention branch of cells 0 and 1: their ``Dec`` is BN + ReLU of a 1x1
+conv of ``F`` alone (``F -> Dec`` instead of ``[F, context] -> Dec``), everything else unchanged. No spatial
+conv stands in for the removed context: fc6's dilated 3x3 already sees the whole 224 image from every pixel.
+The local cells follow the ViSaRL authors' numbers (28, 56, 112, 224 px; 512, 256, 128, 64 channels); the
+original PiCANet had no attention in its finest cell. Sizes scale with ``input_size`` (a multiple of 8).
 """
 
 from __future__ import annotations
@@ -29,19 +38,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHTS_FORMAT = "visarl-picanet"
+"""``format`` entry of the plain weights file written by :func:`save_picanet`."""
 
-# Slices of torchvision's vgg16().features ending at each skip feature: conv1_2, conv2_2, conv3_3, conv4_3,
-# conv5_3 (after their ReLU) and pool5. Strides 1, 2, 4, 8, 16, 32.
+# Slices of the encoder's VGG part ending at each skip feature: conv1_2, conv2_2, conv3_3, conv4_3 and conv5_3
+# (after their ReLU) and pool5. Strides 1, 2, 4, 8, 8, 8.
 _VGG_STAGES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30), (30, 31))
+# VGG-16 "D": channels per conv, "M" a 2x2 stride-2 pool, "m" a 3x3 stride-1 pool (pool4, pool5 kept at stride 8).
+_VGG_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "m", 512, 512, 512, "m")
 
 
 class PiCANetOutput(NamedTuple):
@@ -50,11 +62,37 @@ class PiCANetOutput(NamedTuple):
     final: Tensor
     """The finest side output, ``[B, 1, H, W]`` in [0, 1]: the predicted saliency map."""
     sides: tuple[Tensor, ...]
-    """Every cell's side output, coarse to fine, ``[B, 1, H/32, W/32]`` ... ``[B, 1, H, W]``, in [0, 1]."""
+    """Every cell's side output, coarse to fine: three ``[B, 1, H/8, W/8]``, then ``H/4``, ``H/2``, ``H``."""
 
 
 def _scaled(channels: int, width_mult: float) -> int:
     return max(1, round(channels * width_mult))
+
+
+def dilated_vgg16(width_mult: float = 1.0) -> nn.Sequential:
+    """VGG-16 conv layers at stride 8 (pool4/pool5 stride 1, conv5 dilated by 2), torchvision's module indices.
+
+    Module ``i`` here is module ``i`` of ``torchvision.models.vgg16().features``, so their state dicts match
+    (pools have no parameters); torchvision's init (Kaiming normal, fan out, zero bias).
+    """
+    layers: list[nn.Module] = []
+    in_ch, dilation = 3, 1
+    for v in _VGG_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        elif v == "m":
+            layers.append(nn.MaxPool2d(3, stride=1, padding=1))
+            dilation = 2  # every conv after pool4 keeps the stride-16 receptive field at stride 8
+        else:
+            out_ch = _scaled(int(v), width_mult)
+            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
+            in_ch = out_ch
+    net = nn.Sequential(*layers)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return net
 
 
 class LocalPiCANet(nn.Module):
@@ -92,17 +130,53 @@ class LocalPiCANet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W]`` -> attended context ``[B, C, H, W]``."""
         attn = self.attention(x)  # [B, K*K, H, W]
+        return _LocalAggregate.apply(x, attn.to(x.dtype), self.kernel_size, self.dilation)
+
+
+class _LocalAggregate(torch.autograd.Function):
+    """``out[b, c, y, x] = sum_k attn[b, k, y, x] * x_pad[b, c, y + i_k d, x + j_k d]``: the local attention's
+    weighted sum over each pixel's dilated ``KxK`` window, the same as ``F.unfold`` + a weighted sum.
+
+    Neither pass materialises the ``[B, C*K*K, H*W]`` unfolded tensor (630 MB at 224 px and 64 channels for one
+    image): the forward accumulates one shifted view of the padded input per window offset, and the backward
+    scatters the gradient back into one padded buffer the same way. (Autograd through the forward's 49 slices
+    would allocate a zero-filled padded tensor per slice instead, which made training steps ~10x slower.)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, attn: Tensor, k: int, d: int) -> Tensor:
+        pad = d * (k - 1) // 2
         h, w = x.shape[-2:]
-        xp = F.pad(x, (self.pad,) * 4)  # [B, C, H + 2p, W + 2p]
-        # Equivalent to F.unfold + weighted sum, but without materialising the [B, C*K*K, H*W] unfolded tensor
-        # (630 MB at 224 px, 64 channels): one shifted view per window offset, accumulated in place.
+        xp = F.pad(x, (pad,) * 4)  # [B, C, H + 2p, W + 2p]
         out = torch.zeros_like(x)
-        d, k = self.dilation, self.kernel_size
         for i in range(k):
             for j in range(k):
-                shifted = xp[:, :, i * d : i * d + h, j * d : j * d + w]
-                out = out.addcmul_(attn[:, i * k + j : i * k + j + 1], shifted)
+                out.addcmul_(attn[:, i * k + j : i * k + j + 1], xp[:, :, i * d : i * d + h, j * d : j * d + w])
+        ctx.save_for_backward(x, attn)
+        ctx.k, ctx.d = k, d
         return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, attn = ctx.saved_tensors
+        k, d = ctx.k, ctx.d
+        pad = d * (k - 1) // 2
+        h, w = x.shape[-2:]
+        grad = grad.contiguous()
+        grad_x = grad_attn = None
+        if ctx.needs_input_grad[0]:
+            gxp = x.new_zeros(x.shape[0], x.shape[1], h + 2 * pad, w + 2 * pad)
+            for i in range(k):
+                for j in range(k):
+                    gxp[:, :, i * d : i * d + h, j * d : j * d + w].addcmul_(grad, attn[:, i * k + j : i * k + j + 1])
+            grad_x = gxp[:, :, pad : pad + h, pad : pad + w]
+        if ctx.needs_input_grad[1]:
+            xp = F.pad(x, (pad,) * 4)
+            grad_attn = torch.stack(
+                [(grad * xp[:, :, i * d : i * d + h, j * d : j * d + w]).sum(1) for i in range(k) for j in range(k)],
+                dim=1,
+            )  # [B, K*K, H, W]
+        return grad_x, grad_attn, None, None
 
 
 class ReNet(nn.Module):
@@ -131,10 +205,11 @@ class GlobalPiCANet(nn.Module):
 
     The context is the whole map sampled with a stride of ``dilation`` (``n x n`` positions, ``n =
     ceil(size / dilation)``); a ReNet predicts ``n*n`` logits per pixel, softmaxed into attention over them.
-    The map size is fixed at construction because the number of attention logits depends on it.
+    The authors' network attends over 10x10 positions of its 28x28 maps (dilation 3). The map size is fixed at
+    construction because the number of attention logits depends on it.
     """
 
-    def __init__(self, channels: int, size: int, dilation: int = 1, hidden: int = 256) -> None:
+    def __init__(self, channels: int, size: int, dilation: int = 3, hidden: int = 256) -> None:
         super().__init__()
         self.size = size
         self.dilation = dilation
@@ -156,32 +231,34 @@ class GlobalPiCANet(nn.Module):
 
 
 class DecoderCell(nn.Module):
-    """One PiCANet decoder cell (PiCANet paper, Fig. 2): BN+ReLU on the encoder skip ``En``, concatenate the
-    2x upsampled coarser decoder feature, 1x1 conv to ``F``; with attention, concatenate ``F`` and its attended
-    context and 1x1 conv to ``Dec``, else (plain cell) a 3x3 conv of ``F`` to ``Dec`` (the 3x3 stands in for the
-    spatial context the removed attention gave); BN+ReLU; a 1x1 conv and sigmoid give the side output."""
+    """One PiCANet decoder cell (PiCANet paper, Fig. 2; layout in the module docstring).
 
-    def __init__(self, channels: int, out_channels: int, context: nn.Module | None) -> None:
+    ``context=None`` makes a plain cell: ``Dec = ReLU(BN(conv1x1(F)))`` (the attention branch deleted).
+    ``first=True`` makes the coarsest cell, which has no previous decoder output to fuse: ``F = ReLU(BN(En))``.
+    """
+
+    def __init__(
+        self, channels: int, out_channels: int, context: nn.Module | None, first: bool = False, prior: float = 0.5
+    ) -> None:
         super().__init__()
         self.bn_en = nn.BatchNorm2d(channels)
-        self.fuse = nn.Conv2d(2 * channels, channels, 1)
+        self.fuse = None if first else nn.Conv2d(2 * channels, channels, 1)
         self.context = context
-        if context is None:
-            self.out = nn.Conv2d(channels, out_channels, 3, padding=1)
-        else:
-            self.out = nn.Conv2d(2 * channels, out_channels, 1)
+        self.out = nn.Conv2d((1 if context is None else 2) * channels, out_channels, 1)
         self.bn_out = nn.BatchNorm2d(out_channels)
         self.side = nn.Conv2d(out_channels, 1, 1)
+        nn.init.constant_(self.side.bias, math.log(prior / (1 - prior)))
 
     def forward(self, en: Tensor, dec: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``en [B, C, H, W]``, ``dec [B, C, H/2, W/2]`` or None (coarsest cell: ``En`` is fused with itself,
-        as in the reference implementation) -> ``(Dec [B, C_out, H, W], side map [B, 1, H, W] in [0, 1])``."""
-        en = F.relu(self.bn_en(en))
-        if dec is None:
-            dec = en
-        elif dec.shape[-2:] != en.shape[-2:]:
-            dec = F.interpolate(dec, size=en.shape[-2:], mode="bilinear", align_corners=False)
-        f = F.relu(self.fuse(torch.cat([en, dec], dim=1)))  # [B, C, H, W]
+        """``en [B, C, H, W]``, ``dec [B, C, h, w]`` (the previous cell's output, upsampled to H, W here) or None
+        for the first cell -> ``(Dec [B, C_out, H, W], side map [B, 1, H, W] in [0, 1])``."""
+        f = F.relu(self.bn_en(en))
+        if self.fuse is not None:
+            if dec is None:
+                raise ValueError("this decoder cell fuses the previous cell's output: dec must be given")
+            if dec.shape[-2:] != en.shape[-2:]:
+                dec = F.interpolate(dec, size=en.shape[-2:], mode="bilinear", align_corners=False)
+            f = F.relu(self.fuse(torch.cat([f, dec], dim=1)))  # [B, C, H, W]
         if self.context is not None:
             f = torch.cat([f, self.context(f)], dim=1)  # [B, 2C, H, W]
         out = F.relu(self.bn_out(self.out(f)))
@@ -189,19 +266,27 @@ class DecoderCell(nn.Module):
 
 
 class PiCANet(nn.Module):
-    """PiCANet saliency predictor: ``[B, 3, H, W]`` RGB in [0, 1] -> :class:`PiCANetOutput`.
+    """PiCANet saliency predictor: ``[B, 3, S, S]`` RGB in [0, 1] -> :class:`PiCANetOutput`.
 
     ImageNet mean/std normalisation happens inside the module, so callers pass raw [0, 1] images.
 
     Args:
-        input_size: side of the square input, divisible by 32 (paper: 224); fixes the global cells' map sizes.
-        global_cells: use the two global-attention cells (original PiCANet); False as in ViSaRL.
-        width_mult: scales every channel count (encoder, decoder, attention hidden sizes); 1.0 is the paper's
+        input_size: side ``S`` of the square input, a multiple of 8 (paper: 224); fixes the global cells' maps.
+        global_cells: attention in cells 0 and 1 (original PiCANet); False (plain cells) as in ViSaRL.
+        width_mult: scales every channel count (encoder, decoder, attention hidden widths); 1.0 is the paper's
             network, small values give a fast test-size model.
         local_kernel, local_dilation: the local attention window (7x7, dilation 2 as in PiCANet).
-        global_dilations: sampling stride of the global context in the 7 px and 14 px cells.
+        local_hidden: channels of the local attention's 7x7 logit conv (PiCANet: 128), before ``width_mult``.
+        global_dilation: sampling stride of the global context (PiCANet: 3, i.e. 10x10 positions of 28x28).
+        global_hidden: ReNet LSTM width of the global cells (PiCANet: 256), before ``width_mult``.
+        fc6_dilation: dilation of the fc6 conv (PiCANet: 12 on 28x28 maps; on maps smaller than 13 px only its
+            centre tap sees the map, so small inputs may want a smaller value).
+        dropout: dropout after fc6 (PiCANet: 0.5).
+        side_prior: initial output of every side output (the bias of its 1x1 conv is the prior's log-odds, as
+            RetinaNet initialises its classifier): salient pixels are a few percent of a frame, and starting the
+            sides at 0.5 (PiCANet's zero bias) spends the first epochs of a 24-frame training learning that.
         weights_path: a local VGG-16 state dict (torchvision's full model or its ``features``) loaded into the
-            encoder with ``torch.load(weights_only=True)``; nothing is ever downloaded. None: random init.
+            VGG part of the encoder with ``torch.load(weights_only=True)``; nothing is ever downloaded.
     """
 
     def __init__(
@@ -211,43 +296,66 @@ class PiCANet(nn.Module):
         width_mult: float = 1.0,
         local_kernel: int = 7,
         local_dilation: int = 2,
-        global_dilations: tuple[int, int] = (1, 2),
+        local_hidden: int = 128,
+        global_dilation: int = 3,
+        global_hidden: int = 256,
+        fc6_dilation: int = 12,
+        dropout: float = 0.5,
+        side_prior: float = 0.05,
         weights_path: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if input_size < 32 or input_size % 32 != 0:
-            raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
+        if input_size < 8 or input_size % 8 != 0:
+            raise ValueError(f"input_size must be a positive multiple of 8, got {input_size}")
         if width_mult <= 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        if not 0 < side_prior < 1:
+            raise ValueError(f"side_prior must be in (0, 1), got {side_prior}")
+        self.hparams: dict[str, Any] = {
+            "input_size": input_size,
+            "global_cells": global_cells,
+            "width_mult": width_mult,
+            "local_kernel": local_kernel,
+            "local_dilation": local_dilation,
+            "local_hidden": local_hidden,
+            "global_dilation": global_dilation,
+            "global_hidden": global_hidden,
+            "fc6_dilation": fc6_dilation,
+            "dropout": dropout,
+            "side_prior": side_prior,
+        }
+        """The constructor's numbers (all but ``weights_path``): ``PiCANet(**hparams)`` rebuilds the network."""
         self.input_size = input_size
         self.global_cells = global_cells
 
-        # torchvision.models.vgg16(weights=None).features, built without the 102M-parameter classifier that
-        # vgg16() would also initialise and we would throw away (seconds on a CPU): the same make_layers call
-        # and the same init as torchvision's VGG. Its state-dict keys match torchvision's ``features.*``.
-        cfg = [v if v == "M" else _scaled(v, width_mult) for v in torchvision.models.vgg.cfgs["D"]]
-        self.encoder = torchvision.models.vgg.make_layers(cfg)
-        for m in self.encoder.modules():
+        self.encoder = dilated_vgg16(width_mult)
+        c5, c6 = _scaled(512, width_mult), _scaled(1024, width_mult)
+        self.fc = nn.Sequential(
+            nn.Conv2d(c5, c6, 3, padding=fc6_dilation, dilation=fc6_dilation),  # fc6
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(c6, c6, 1),  # fc7
+            nn.ReLU(inplace=True),
+        )
+        for m in self.fc.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         if weights_path is not None:
             self._load_encoder(Path(weights_path))
 
-        skip_channels = [_scaled(c, width_mult) for c in (512, 512, 512, 256, 128, 64)]  # coarse to fine
-        out_channels = skip_channels[1:] + skip_channels[-1:]
+        en_channels = [_scaled(c, width_mult) for c in (1024, 512, 512, 256, 128, 64)]  # coarse to fine
+        out_channels = en_channels[1:] + en_channels[-1:]
+        coarse = input_size // 8
         cells = []
-        for level, (c, c_out) in enumerate(zip(skip_channels, out_channels, strict=True)):
+        for level, (c, c_out) in enumerate(zip(en_channels, out_channels, strict=True)):
             context: nn.Module | None
             if level < 2:
-                # The two coarse cells: global attention when on; otherwise no context module (plain conv cell).
-                size = input_size // 2 ** (5 - level)
-                context = (
-                    GlobalPiCANet(c, size, global_dilations[level], _scaled(256, width_mult)) if global_cells else None
-                )
+                hidden = _scaled(global_hidden, width_mult)
+                context = GlobalPiCANet(c, coarse, global_dilation, hidden) if global_cells else None
             else:
-                context = LocalPiCANet(c, local_kernel, local_dilation, _scaled(128, width_mult))
-            cells.append(DecoderCell(c, c_out, context))
+                context = LocalPiCANet(c, local_kernel, local_dilation, _scaled(local_hidden, width_mult))
+            cells.append(DecoderCell(c, c_out, context, first=level == 0, prior=side_prior))
         self.decoder = nn.ModuleList(cells)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -266,21 +374,87 @@ class PiCANet(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"{path}: does not match the VGG-16 encoder: {e}") from e
 
-    def forward(self, x: Tensor) -> PiCANetOutput:
-        """``x [B, 3, S, S]`` float RGB in [0, 1], ``S == input_size``."""
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"expected input [B, 3, {self.input_size}, {self.input_size}], got {list(x.shape)}")
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Encoder skip features, coarse to fine: fc7, conv5_3, conv4_3 (all ``S/8``), conv3_3, conv2_2, conv1_2."""
         h = (x - self.mean) / self.std
         skips = []
         for start, end in _VGG_STAGES:
             h = self.encoder[start:end](h)
-            skips.append(h)  # strides 1, 2, 4, 8, 16, 32
+            skips.append(h)
+        skips[-1] = self.fc(skips[-1])  # pool5 -> fc7
+        return skips[::-1]
+
+    def forward(self, x: Tensor) -> PiCANetOutput:
+        """``x [B, 3, S, S]`` float RGB in [0, 1], ``S == input_size``."""
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(f"expected input [B, 3, {self.input_size}, {self.input_size}], got {list(x.shape)}")
         dec = None
         sides = []
-        for cell, en in zip(self.decoder, reversed(skips), strict=True):
+        for cell, en in zip(self.decoder, self.features(x), strict=True):
             dec, side = cell(en, dec)
             sides.append(side)
         return PiCANetOutput(final=sides[-1], sides=tuple(sides))
+
+
+def to_net_input(rgb: Tensor, size: int) -> Tensor:
+    """Frames uint8 ``[B, 3, H, W]`` (0-255) -> float ``[B, 3, size, size]`` in [0, 1], resized bilinearly.
+
+    The paper feeds PiCANet 224 px images made from 64 px frames; upsampling is plain bilinear (no antialias
+    needed), downsampling (a net smaller than the frames) antialiased.
+    """
+    x = rgb.float() / 255.0
+    if x.shape[-2:] != (size, size):
+        down = x.shape[-1] > size or x.shape[-2] > size
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=down).clamp(0, 1)
+    return x
+
+
+def to_frame_size(maps: Tensor, height: int, width: int) -> Tensor:
+    """Maps ``[B, 1, S, S]`` in [0, 1] -> ``[B, 1, height, width]`` in [0, 1] (antialiased when shrinking), so
+    predictions are compared and stored at frame resolution."""
+    if maps.shape[-2:] == (height, width):
+        return maps
+    down = maps.shape[-2] > height or maps.shape[-1] > width
+    out = F.interpolate(maps.float(), size=(height, width), mode="bilinear", align_corners=False, antialias=down)
+    return out.clamp(0, 1)
+
+
+def save_picanet(model: PiCANet, path: str | Path) -> Path:
+    """Write ``{"format": "visarl-picanet", "hparams": {...}, "state_dict": {...}}`` atomically (temp + rename).
+
+    Only tensors, strings and numbers: :func:`load_picanet` reads it back with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": WEIGHTS_FORMAT, "hparams": dict(model.hparams), "state_dict": state}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_picanet(path: str | Path, map_location: str | torch.device = "cpu") -> PiCANet:
+    """Rebuild a :class:`PiCANet` from :func:`save_picanet`'s file, in eval mode.
+
+    Raises ``ValueError`` naming ``path`` for anything else (a missing file, a pickle that needs arbitrary code,
+    another format, weights that do not fit the stated hyperparameters).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such PiCANet weights file")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a visarl PiCANet weights file (cannot be read as plain tensors: {e})") from e
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
+        what = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{path}: not a visarl PiCANet weights file (format {what!r}, expected {WEIGHTS_FORMAT!r})")
+    try:
+        model = PiCANet(**blob["hparams"])
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: corrupt PiCANet weights file ({e})") from e
+    return model.to(map_location).eval()
 
 
 def deep_supervision_loss(

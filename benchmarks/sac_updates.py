@@ -1,0 +1,208 @@
+"""Gradient updates per second: visarl's SAC against Stable-Baselines3's SAC, same networks, same CPU, one run.
+
+    python benchmarks/sac_updates.py [--rounds 5] [--updates 8] [--bf16]
+
+Two cases, as in issue 3:
+
+- state: 39-d Meta-World state, heads of 3x1024 hidden units, batch 256;
+- pixel: the paper's CNN (11 conv layers of 32 filters, 64x64x3 -> 32x12x12) with Linear(4608 -> 100) +
+  LayerNorm + tanh and heads of 3x1024, batch 128. SB3 gets the same CNN and projection as a custom features
+  extractor shared by actor and critics (``share_features_extractor=True``, its fastest equivalent: one encoder
+  instead of three), net_arch [1024] * 3.
+
+Each update includes drawing the batch from the algorithm's own replay (filled with random data). visarl runs its
+defaults (fp32; actor and temperature every 2nd update as the paper's SAC-AE settings); the "actor every step"
+row is the like-for-like schedule of SB3's SAC. The machine is shared, so methods are interleaved in rounds
+and the medians are reported. Last line: ``sac_update_speedup_vs_sb3: X`` (pixel case, visarl default / SB3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from visarl.rl.encoders import IdentityEncoder, PixelCNN
+from visarl.rl.networks import trunk
+from visarl.rl.replay import ReplayBuffer
+from visarl.rl.sac import SACAgent, make_optimizers
+
+A = 4
+STATE_DIM = 39
+IMG = 64
+
+
+# ---------------------------------------------------------------- visarl
+
+
+def visarl_step_fn(
+    pixel: bool, batch: int, actor_every: int, autocast: torch.dtype | None, rows: int = 2000
+) -> Callable[[], None]:
+    torch.manual_seed(0)
+    if pixel:
+        encoder = PixelCNN("rgb", (IMG, IMG))
+        spec = {"rgb": ((3, IMG, IMG), np.dtype(np.uint8))}
+    else:
+        encoder = IdentityEncoder(STATE_DIM)
+        spec = {"state": ((STATE_DIM,), np.dtype(np.float32))}
+    agent = SACAgent(encoder, A)  # paper heads: Linear -> 100 + LayerNorm + tanh, 3 x 1024
+    opts = make_optimizers(agent)
+    buf = ReplayBuffer(rows + 1, spec, A)
+    rng = np.random.default_rng(0)
+    obs = {
+        k: rng.integers(0, 255, (rows + 1, *s), dtype=np.uint8)
+        if d == np.uint8
+        else rng.standard_normal((rows + 1, *s)).astype(d)
+        for k, (s, d) in spec.items()
+    }
+    r = buf.add_obs(obs)
+    buf.add_transitions(
+        r[:-1],
+        r[1:],
+        rng.uniform(-1, 1, (rows, A)),
+        rng.standard_normal(rows),
+        np.zeros(rows, bool),
+        np.zeros(rows, bool),
+    )
+    step = [0]
+
+    def update() -> None:
+        agent.update(buf.sample(batch, rng), opts, step[0], actor_update_freq=actor_every, autocast_dtype=autocast)
+        step[0] += 1
+
+    return update
+
+
+# ---------------------------------------------------------------- Stable-Baselines3
+
+
+class PaperCNNExtractor:
+    """Built lazily (SB3 imported only when benchmarking): the paper CNN + projection as an SB3 extractor."""
+
+    @staticmethod
+    def cls() -> type:
+        from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+        class _Extractor(BaseFeaturesExtractor):
+            def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 100) -> None:
+                super().__init__(observation_space, features_dim)
+                # SB3 has already scaled images to [0, 1]; the same CNN (channels-last, -0.5 shift) as visarl's
+                self.cnn = PixelCNN("rgb", (IMG, IMG))
+                self.proj = trunk(self.cnn.out_dim, features_dim)
+
+            def forward(self, obs: torch.Tensor) -> torch.Tensor:
+                return self.proj(self.cnn({"rgb": obs}))
+
+        return _Extractor
+
+
+class _DummyEnv(gym.Env):
+    def __init__(self, pixel: bool) -> None:
+        self.observation_space = (
+            gym.spaces.Box(0, 255, (3, IMG, IMG), np.uint8) if pixel else gym.spaces.Box(-10, 10, (STATE_DIM,))
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (A,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
+        return self.observation_space.sample(), {}
+
+    def step(self, action: np.ndarray) -> tuple:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def sb3_step_fn(pixel: bool, batch: int, rows: int = 2000) -> Callable[[], None]:
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import configure
+
+    torch.manual_seed(0)
+    policy_kwargs: dict = {"net_arch": [1024, 1024, 1024]}
+    if pixel:
+        policy_kwargs.update(
+            features_extractor_class=PaperCNNExtractor.cls(),
+            features_extractor_kwargs={"features_dim": 100},
+            share_features_extractor=True,
+        )
+    model = SAC(
+        "CnnPolicy" if pixel else "MlpPolicy",
+        _DummyEnv(pixel),
+        buffer_size=rows,
+        batch_size=batch,
+        learning_rate=1e-4,
+        ent_coef="auto_0.1",
+        policy_kwargs=policy_kwargs,
+        device="cpu",
+        seed=0,
+    )
+    model.set_logger(configure(None, []))
+    rb = model.replay_buffer
+    rng = np.random.default_rng(0)
+    shape = rb.observations.shape
+    if pixel:
+        rb.observations[:] = rng.integers(0, 255, shape, dtype=np.uint8)
+        rb.next_observations[:] = rng.integers(0, 255, shape, dtype=np.uint8)
+    else:
+        rb.observations[:] = rng.standard_normal(shape)
+        rb.next_observations[:] = rng.standard_normal(shape)
+    rb.actions[:] = rng.uniform(-1, 1, rb.actions.shape)
+    rb.rewards[:] = rng.standard_normal(rb.rewards.shape)
+    rb.full = True
+
+    def update() -> None:
+        model.train(gradient_steps=1, batch_size=batch)
+
+    return update
+
+
+# ---------------------------------------------------------------- timing
+
+
+def rate(fn: Callable[[], None], updates: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(updates):
+        fn()
+    return updates / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    parser.add_argument("--updates", type=int, default=8, help="pixel updates per method per round (x8 for state)")
+    parser.add_argument("--bf16", action="store_true", help="also time visarl with bf16 autocast")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results: dict[str, float] = {}
+    for case, pixel, batch, updates in (("state", False, 256, 8 * args.updates), ("pixel", True, 128, args.updates)):
+        methods = {
+            f"{case}/visarl": visarl_step_fn(pixel, batch, 2, None),
+            f"{case}/visarl_actor_every_step": visarl_step_fn(pixel, batch, 1, None),
+            f"{case}/sb3": sb3_step_fn(pixel, batch),
+        }
+        if args.bf16:
+            methods[f"{case}/visarl_bf16"] = visarl_step_fn(pixel, batch, 2, torch.bfloat16)
+        for fn in methods.values():  # warm-up: allocator, oneDNN kernels, Adam state
+            rate(fn, 2)
+        rates: dict[str, list[float]] = {k: [] for k in methods}
+        for _ in range(args.rounds):
+            for name, fn in methods.items():
+                rates[name].append(rate(fn, updates))
+        for name, values in rates.items():
+            results[name] = statistics.median(values)
+            print(
+                f"{name}: {results[name]:.2f} updates/s (median of {args.rounds}; min {min(values):.2f}, "
+                f"max {max(values):.2f})",
+                flush=True,
+            )
+        print(f"{case} speedup vs sb3: {results[f'{case}/visarl'] / results[f'{case}/sb3']:.2f}x", flush=True)
+    print(f"sac_update_speedup_vs_sb3: {results['pixel/visarl'] / results['pixel/sb3']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""`stage: pretrain`: MultiMAE masked pretraining on replay frames (ViSaRL Sec. II-C, Table II).
+
+``python -m visarl.fit --config conf/pretrain/rgb_saliency.yaml task=reach`` trains on the frames (rgb and the
+saliency maps the ``label`` stage added) of ``data/<task>/replay`` and writes, in the run directory:
+
+- ``config.yaml`` (by visarl.fit), TensorBoard events (``train/loss``, ``train/loss_<output>``, ``train/lr``,
+  ``train/images_per_s``, ``val/...``, Figure-6 ``reconstructions`` grids every N epochs),
+- ``checkpoints/last.ckpt`` (+ the best by ``val/loss``) for ``--resume``,
+- ``encoder.pt``: a :func:`visarl.mae.save_checkpoint` file, rewritten on each new best ``val/loss`` and at the
+  end (final weights); the RL stage loads it with :func:`visarl.mae.load_encoder`,
+- ``summary.json``: epochs, steps, schedule, parameter count, final losses, and per-rank weight fingerprints.
+
+``modalities: [rgb]`` is the rgb-only baseline (no saliency needed in the shards); ``[rgb, saliency]`` is ViSaRL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visarl.config import ConfigError, RunConfig, choice
+from visarl.mae.augment import PairedRandomResizedCrop
+from visarl.mae.frozen import save_checkpoint
+from visarl.mae.loss import WeightedMSE
+from visarl.mae.multimae import MODALITIES, MODEL_SIZES, MultiMAE
+from visarl.registry import RunContext, register_stage
+
+PAPER_EPOCHS = 200
+"""Table II's epoch count (the text of Sec. II-C says 400; see conf/pretrain/rgb_saliency.yaml)."""
+
+
+@dataclass
+class ModelConfig:
+    """MultiMAE widths: a named size, with any width given here taking precedence."""
+
+    size: str = "paper"
+    """'paper' (Table II: 256 wide, 4 layers, 4 heads; decoders 256 wide, 3 layers, 4 heads) or 'tiny' (tests)."""
+    dim: int | None = None
+    """Encoder width; None takes the size's."""
+    depth: int | None = None
+    """Encoder transformer layers."""
+    num_heads: int | None = None
+    """Encoder attention heads."""
+    decoder_dim: int | None = None
+    """Decoder width."""
+    decoder_depth: int | None = None
+    """Decoder self-attention layers after its cross-attention layer."""
+    decoder_heads: int | None = None
+    """Decoder attention heads."""
+    mlp_ratio: float = 4.0
+    """Transformer MLP hidden width / width."""
+    image_size: int = 64
+    """Input side in pixels; must match the frames."""
+    patch_size: int = 8
+    """Patch side in pixels (8: 64 tokens per modality at 64x64)."""
+    global_token: bool = False
+    """Add a learned global token to the encoder (RL can pool with it instead of the mean)."""
+    norm_rgb_output: bool = True
+    """Extra rgb decoder trained on per-patch normalised pixels (MultiMAE's extra_norm_pix_loss); 13.0M params."""
+    fused_attn: bool | None = None
+    """Attention kernel: True F.scaled_dot_product_attention, False softmax(QK^T)V; None: fused on GPU, eager on CPU
+    (eager measured faster under bf16 on the 2-core CPU, see benchmarks/multimae_speed.py)."""
+    compile: bool = False
+    """torch.compile the encoder and decoders (about 10% faster steps on CPU after ~80 s of compiling)."""
+
+    def __post_init__(self) -> None:
+        choice("model.size", self.size, list(MODEL_SIZES))
+        for key in ("dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "decoder_heads"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.{key}: must be positive, got {value}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"model.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    def widths(self) -> dict[str, int]:
+        """The six width numbers, the size's defaults overridden by the fields given."""
+        base = MODEL_SIZES[self.size]
+        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in base.items()}
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule, as MultiMAE trains (Table II)."""
+
+    base_lr: float = 1e-4
+    """Learning rate per 256 examples: the peak is base_lr * batch_size * devices * nodes / 256."""
+    weight_decay: float = 0.05
+    """AdamW decoupled weight decay (none on norms, biases, tokens and embeddings)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas (MultiMAE's default)."""
+    warmup_lr: float = 1e-6
+    """Learning rate at the first step; rises linearly to the peak over warmup_epochs."""
+    warmup_epochs: float = 40
+    """Warmup length in epochs (converted to optimiser steps)."""
+    min_lr: float = 0.0
+    """Where the per-step cosine decay heads after warmup."""
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas: two numbers in [0, 1) expected, got {self.betas}")
+        for key in ("base_lr", "warmup_lr", "min_lr", "weight_decay", "warmup_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"optim.{key}: must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
+class AugmentConfig:
+    """RandomResizedCrop with one box per example shared by all modalities (MultiMAE's DataAugmentationForMultiMAE)."""
+
+    crop: bool = True
+    """Apply the random resized crop to training frames (never to validation frames)."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    """Range of the crop's area as a fraction of the frame (MultiMAE/MAE: 0.2 to 1)."""
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    """Range of the crop's aspect ratio (MultiMAE/MAE: 3/4 to 4/3)."""
+    hflip: float = 0.0
+    """Probability of a left-right flip of all modalities (MultiMAE: 0.5; Table II lists only the crop)."""
+
+    def __post_init__(self) -> None:
+        lo, hi = (self.crop_scale + [0, 0])[:2]
+        if len(self.crop_scale) != 2 or not 0 < lo <= hi <= 1:
+            raise ConfigError(f"augment.crop_scale: [lo, hi] with 0 < lo <= hi <= 1 expected, got {self.crop_scale}")
+        if len(self.crop_ratio) != 2 or not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ConfigError(f"augment.crop_ratio: [lo, hi] with 0 < lo <= hi expected, got {self.crop_ratio}")
+        if not 0 <= self.hflip <= 1:
+            raise ConfigError(f"augment.hflip: a probability expected, got {self.hflip}")
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    """Pretrain a MultiMAE on replay frames (Table II); trainer.max_epochs defaults to Table II's 200."""
+
+    stage: str = "pretrain"
+    task: str = "reach"
+    """Task whose frames to use: data_dirs defaults to data/<task>/replay."""
+    data_dirs: list[str] = field(default_factory=list)
+    """Shard directories; empty means [data/<task>/replay]. Saliency must have been added by the label stage."""
+    modalities: list[str] = field(default_factory=lambda: ["rgb", "saliency"])
+    """Inputs and outputs: [rgb] is the rgb-only baseline, [rgb, saliency] ViSaRL."""
+    batch_size: int = 512
+    """Frames per optimiser step on each device."""
+    cache: bool = True
+    """Load the frames into memory once (200k 64x64 rgb + saliency frames: 3.3 GB)."""
+    num_workers: int = 0
+    """DataLoader worker processes (cached frames are a numpy gather away: 0 is usually enough)."""
+    val_fraction: float = 0.02
+    """Share of frames (whole episodes) held out for val/loss; 0 disables validation."""
+    num_visible: int = 32
+    """Tokens the encoder sees, shared across modalities (Table II: 32 of 2 x 64)."""
+    alpha: float = 1.0
+    """Dirichlet concentration of the per-example split of visible tokens across modalities."""
+    norm_rgb: bool = True
+    """Per-patch normalised rgb targets (with model.norm_rgb_output it is the extra decoder that gets them)."""
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    """Per-output loss weights (rgb, rgb_norm, saliency); unnamed outputs weigh 1 (MultiMAE)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and learning-rate schedule."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Training-frame augmentation."""
+    log_images_every_n_epochs: int = 10
+    """Figure-6 reconstruction grids to TensorBoard every this many epochs (and after the last); 0: never."""
+    num_log_images: int = 4
+    """Frames (rows) in each grid."""
+
+    def __post_init__(self) -> None:
+        if self.trainer.max_epochs is None:
+            self.trainer.max_epochs = PAPER_EPOCHS
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"modalities: a non-empty list of distinct names expected, got {self.modalities}")
+        for m in self.modalities:
+            choice("modalities[]", m, list(MODALITIES))
+        if self.model.norm_rgb_output and "rgb" not in self.modalities:
+            raise ConfigError("model.norm_rgb_output needs rgb in modalities")
+        tokens = (self.model.image_size // self.model.patch_size) ** 2 * len(self.modalities)
+        if not 0 < self.num_visible <= tokens:
+            raise ConfigError(
+                f"num_visible: must be in [1, {tokens}] ({len(self.modalities)} modalities), got {self.num_visible}"
+            )
+        if self.batch_size <= 0 or self.num_workers < 0 or self.num_log_images < 0:
+            raise ConfigError("batch_size must be positive, num_workers and num_log_images non-negative")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha: must be positive, got {self.alpha}")
+        outputs = set(self.modalities) | ({"rgb_norm"} if self.model.norm_rgb_output else set())
+        unknown = sorted(set(self.loss_weights) - outputs)
+        if unknown:
+            raise ConfigError(f"loss_weights: {unknown} are not outputs of this model {sorted(outputs)}")
+
+    def resolved_data_dirs(self) -> list[Path]:
+        return [Path(d) for d in self.data_dirs] if self.data_dirs else [Path("data") / self.task / "replay"]
+
+
+def build_model(cfg: PretrainConfig, fused_attn: bool = True) -> MultiMAE:
+    """The :class:`MultiMAE` a pretrain config describes."""
+    m = cfg.model
+    return MultiMAE(
+        tuple(cfg.modalities), m.image_size, m.patch_size, mlp_ratio=m.mlp_ratio, global_token=m.global_token,
+        norm_rgb_output=m.norm_rgb_output, fused_attn=fused_attn, **m.widths(),
+    )  # fmt: skip
+
+
+def build_loss(cfg: PretrainConfig, model: MultiMAE) -> WeightedMSE:
+    loss_fn = WeightedMSE.for_model(model, norm_rgb=cfg.norm_rgb)
+    loss_fn.weights.update(cfg.loss_weights)
+    return loss_fn
+
+
+def build_datamodule(cfg: PretrainConfig) -> Any:
+    """The FrameDataModule, set up now so that missing data or fields fail with a ConfigError before training."""
+    from visarl.data.datamodules import FrameDataModule
+    from visarl.data.shards import ShardError
+
+    dirs = cfg.resolved_data_dirs()
+    dm = FrameDataModule(
+        [str(d) for d in dirs], cfg.batch_size, cfg.cache, cfg.num_workers, cfg.seed, cfg.val_fraction,
+        keys=tuple(cfg.modalities),
+    )  # fmt: skip
+    try:
+        dm.setup("fit")
+    except (ShardError, FileNotFoundError) as e:
+        raise ConfigError(f"pretrain data: {e}") from e
+    except ValueError as e:  # e.g. too few episodes for a validation split
+        raise ConfigError(f"pretrain data in {[str(d) for d in dirs]}: {e}") from e
+    size = dm.dataset.shapes["rgb" if "rgb" in dm.dataset.shapes else cfg.modalities[0]][-1]
+    if size != cfg.model.image_size:
+        raise ConfigError(
+            f"frames in {[str(d) for d in dirs]} are {size}px but model.image_size is {cfg.model.image_size}"
+        )
+    return dm
+
+
+def _prepare_ddp_launch(cfg: PretrainConfig, run_dir: Path) -> None:
+    """Make Lightning's ``ddp`` children reopen this run.
+
+    Lightning starts ranks > 0 by re-running ``python -m visarl.fit <argv>``; with the original argv each child
+    would create a run directory of its own (or refuse an existing one). ``--resume <run_dir>`` makes them load
+    this run's saved config instead (and resume from the same checkpoint as rank 0, if any).
+    """
+    t = cfg.trainer
+    if "ddp" not in t.strategy or "spawn" in t.strategy or "fork" in t.strategy or "LOCAL_RANK" in os.environ:
+        return
+    if str(t.devices) in ("1", "[0]") and t.num_nodes == 1:
+        return
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None or spec.name != "visarl.fit":
+        raise ConfigError(
+            f"trainer.strategy={t.strategy} starts the other ranks by re-running the command line: launch it with "
+            "`python -m visarl.fit ...`, or use trainer.strategy=ddp_spawn from Python"
+        )
+    sys.argv = [sys.argv[0], "--resume", str(run_dir.resolve())]
+
+
+def _fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    """Per-parameter sums in float64, ``[num_parameter_tensors]``: equal across ranks iff (practically) in sync."""
+    return torch.stack([p.detach().double().sum() for p in model.parameters()])
+
+
+def _callbacks(run_dir: Path, has_val: bool) -> list:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class EncoderExport(pl.Callback):
+        """``encoder.pt`` on each new best val/loss (after the sanity check) and at the end of training."""
+
+        def __init__(self) -> None:
+            self.best = float("inf")
+
+        def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            val = trainer.callback_metrics.get("val/loss")
+            if trainer.sanity_checking or val is None or float(val) >= self.best:
+                return
+            self.best = float(val)
+            if trainer.is_global_zero:
+                save_checkpoint(module.model, run_dir / "encoder.pt")
+
+        def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            if trainer.is_global_zero:
+                save_checkpoint(module.model, run_dir / "encoder.pt")
+
+        def state_dict(self) -> dict[str, float]:
+            return {"best": self.best}
+
+        def load_state_dict(self, state: dict[str, float]) -> None:
+            self.best = float(state.get("best", float("inf")))
+
+    class RunRecord(pl.Callback):
+        """Where fitting started (after a resume) and, gathered from every rank, weight and data fingerprints."""
+
+        def __init__(self) -> None:
+            self.start_epoch = self.start_step = 0
+            self.fingerprints: list[list[float]] = []
+            self.first_batch_sums: list[float] = []
+
+        def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            self.start_epoch, self.start_step = trainer.current_epoch, trainer.global_step
+
+        def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            fp = module.all_gather(_fingerprint(module.model).to(module.device))
+            first = module.all_gather(
+                torch.tensor(module.first_batch_sum or 0.0, dtype=torch.float64, device=module.device)
+            )
+            fp, first = fp.reshape(trainer.world_size, -1), first.reshape(trainer.world_size)
+            self.fingerprints, self.first_batch_sums = fp.cpu().tolist(), first.cpu().tolist()
+
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor="val/loss" if has_val else None,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+    )
+    return [ckpt, EncoderExport(), RunRecord()]
+
+
+@register_stage("pretrain", PretrainConfig)
+def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
+    """Train, export ``encoder.pt`` and return (and write) the run summary; see the module docstring."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from visarl.mae.module import MultiMAEModule
+
+    run_dir = ctx.run_dir
+    dm = build_datamodule(cfg)
+    _prepare_ddp_launch(cfg, run_dir)
+    t = cfg.trainer
+    callbacks = _callbacks(run_dir, dm.val_set is not None)
+    record = callbacks[-1]  # (the Trainer adds callbacks of its own to the list)
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar, logger=TensorBoardLogger(str(run_dir), name="", version=""),
+        callbacks=callbacks, default_root_dir=str(run_dir), limit_val_batches=1.0 if dm.val_set is not None else 0,
+    )  # fmt: skip
+    fused = (
+        cfg.model.fused_attn if cfg.model.fused_attn is not None else isinstance(trainer.accelerator, CUDAAccelerator)
+    )
+    model = build_model(cfg, fused_attn=fused)
+    o, a = cfg.optim, cfg.augment
+    crop = PairedRandomResizedCrop(tuple(a.crop_scale), tuple(a.crop_ratio), a.hflip) if a.crop else None
+    module = MultiMAEModule(
+        model, build_loss(cfg, model), cfg.batch_size, cfg.num_visible, cfg.alpha, crop, o.base_lr, o.weight_decay,
+        tuple(o.betas), o.warmup_lr, o.min_lr, o.warmup_epochs, cfg.seed, cfg.log_images_every_n_epochs,
+        cfg.num_log_images, cfg.model.compile,
+    )  # fmt: skip
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if ctx.resume and last.is_file() else None
+    if ctx.resume and ckpt_path is None and trainer.is_global_zero:
+        print(f"pretrain: no {last} to resume from; starting from scratch")
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    summary = {
+        "run_dir": str(run_dir),
+        "encoder": str(run_dir / "encoder.pt"),
+        "modalities": list(cfg.modalities),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_encoder_parameters": sum(p.numel() for p in model.encoder.parameters()),
+        "world_size": trainer.world_size,
+        "start_epoch": record.start_epoch,
+        "start_step": record.start_step,
+        "epochs_completed": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "fused_attn": fused,
+        "precision": t.precision,
+        "schedule": module.schedule,
+        "train_frames": len(dm.train_set),
+        "val_frames": len(dm.val_set) if dm.val_set is not None else 0,
+        "metrics": metrics,
+        "rank_fingerprints": record.fingerprints,
+        "rank_first_batch_sums": record.first_batch_sums,
+    }
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        steps, epochs = summary["global_step"], summary["epochs_completed"]
+        print(f"pretrain: {steps} steps, {epochs} epochs; encoder at {summary['encoder']}")
+    return summary

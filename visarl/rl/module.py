@@ -1,0 +1,551 @@
+"""The SAC loop as a LightningModule: vectorized envs in, replay shards and a trained agent out.
+
+Each ``training_step`` is one step of the rank's vector env (``num_envs`` transitions), written to the in-memory
+replay and to HDF5 shards, followed by ``num_envs * updates_per_step`` SAC updates on batches drawn from the
+replay. The batches Lightning hands in are only a clock (an endless iterable of zeros): the data comes from the
+envs. Lightning owns devices and precision (``bf16-mixed`` wraps training_step in autocast); optimization is
+manual (three optimizers, an actor updated every other step), and under DDP every rank runs its own envs with its
+own seed while ``manual_backward`` averages the gradients (``find_unused_parameters=True``: the critic loss does
+not reach the actor and the actor loss does not reach the critic or the encoder).
+
+Counters are global: ``env_step`` counts transitions over all ranks (the x axis of every TensorBoard curve, as in
+cleanrl), ``num_updates`` the SAC updates each rank made. Checkpoints hold both, the replay's shard list per rank,
+every RNG state per rank and the evaluation history, so a killed run resumes where its last checkpoint was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, IterableDataset
+
+from visarl.data.datamodules import TransitionBatch
+from visarl.rl.evaluate import Evaluator, done_info, final_obs, to_policy_obs
+from visarl.rl.replay import Replay
+from visarl.rl.sac import SACAgent, SACOptimizers, make_optimizers
+from visarl.rl.saliency_source import labeller, make_saliency_source
+
+
+@dataclass
+class LoopSettings:
+    """Everything the loop needs besides the agent, as plain values (the stage runner fills it from a config)."""
+
+    env: dict[str, Any]
+    """Keyword arguments of the pixel env (``visarl.envs.env_kwargs``)."""
+    num_steps: int
+    """Env steps (transitions) over all ranks before training stops."""
+    num_envs: int = 1
+    async_envs: bool = True
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 1e-4
+    alpha_lr: float = 1e-4
+    tau: float = 0.005
+    encoder_tau: float | None = None
+    actor_update_freq: int = 2
+    target_update_freq: int = 2
+    learning_starts: int = 1000
+    updates_per_step: float = 1.0
+    replay_size: int = 0
+    data_dir: str = "replay"
+    rows_per_shard: int = 5000
+    shard_prefix: str = "sac"
+    shard_attrs: dict[str, Any] = field(default_factory=dict)
+    saliency: str = "none"
+    saliency_ckpt: str = ""
+    saliency_sigma: float = 10.0
+    eval_every: int = 10_000
+    eval_episodes: int = 50
+    eval_envs: int = 5
+    eval_final: bool = True
+    eval_strip: int = 8
+    log_every: int = 1000
+    run_dir: str = "."
+
+
+class _Clock(IterableDataset):
+    """Endless zeros: Lightning's batches only pace the loop; the envs provide the data."""
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield 0
+
+
+def clock_loader() -> DataLoader:
+    return DataLoader(_Clock(), batch_size=None)
+
+
+def _seed(*parts: int | str) -> int:
+    """A 31-bit seed derived from ``parts`` (SeedSequence mixes them; nearby inputs give unrelated seeds)."""
+    words = [
+        p if isinstance(p, int) else int.from_bytes(hashlib.sha1(p.encode()).digest()[:4], "little") for p in parts
+    ]
+    return int(np.random.SeedSequence([w % (1 << 63) for w in words]).generate_state(1)[0] >> 1)
+
+
+def batch_to(batch: TransitionBatch, device: torch.device) -> TransitionBatch:
+    non_blocking = device.type == "cuda"
+    return TransitionBatch(
+        obs={k: v.to(device, non_blocking=non_blocking) for k, v in batch.obs.items()},
+        action=batch.action.to(device, non_blocking=non_blocking),
+        reward=batch.reward.to(device, non_blocking=non_blocking),
+        next_obs={k: v.to(device, non_blocking=non_blocking) for k, v in batch.next_obs.items()},
+        terminated=batch.terminated.to(device, non_blocking=non_blocking),
+        truncated=batch.truncated.to(device, non_blocking=non_blocking),
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` from every rank (a one-element list without DDP)."""
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def params_digest(module: torch.nn.Module) -> str:
+    """SHA-1 of every parameter's bytes, in order: equal digests mean bit-identical weights."""
+    h = hashlib.sha1()
+    for p in module.parameters():
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class SACLoop(pl.LightningModule):
+    """SAC with vectorized envs, replay shards, periodic evaluation and resumable state (see the module doc)."""
+
+    def __init__(self, agent: SACAgent, settings: LoopSettings) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.agent = agent
+        self.settings = settings
+        # counters and history (checkpointed)
+        self.env_step = 0
+        self.num_updates = 0
+        self.eval_history: list[dict[str, Any]] = []
+        self.next_eval = 0
+        self.rank_vector_steps = 0
+        self._update_debt = 0.0
+        self._restored: dict[str, Any] | None = None
+        # runtime (built in on_fit_start)
+        self.envs: Any = None
+        self.replay: Replay | None = None
+        self.evaluator: Evaluator | None = None
+        self._label: Any = None
+        self._obs: dict[str, np.ndarray] = {}
+        self._metrics: dict[str, torch.Tensor] = {}
+        self.summary: dict[str, Any] = {}
+
+    # -- setup ---------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        s = self.settings
+        return list(make_optimizers(self.agent, lr=s.lr, alpha_lr=s.alpha_lr))
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self._trainer is not None else 0
+
+    def _make_envs(self, n: int) -> Any:
+        from visarl.envs import make_vector_env
+
+        return make_vector_env(
+            n, seed=None, asynchronous=self.settings.async_envs, autoreset_mode="SameStep", **self.settings.env
+        )
+
+    def on_fit_start(self) -> None:
+        s, rank = self.settings, self.rank
+        self.envs = self._make_envs(s.num_envs)
+        source = None
+        if s.saliency != "none":
+            camera = self.envs.get_attr("camera_model")[0]
+            n_objects = int(self.envs.get_attr("n_objects")[0])
+            source = make_saliency_source(
+                s.saliency,
+                camera=camera,
+                n_objects=n_objects,
+                checkpoint=s.saliency_ckpt,
+                sigma=s.saliency_sigma,
+                device=self.device,
+            )
+            self._label = labeller(source, self.device)
+        height, width = self.envs.single_observation_space["rgb"].shape[:2]
+        spec = {
+            "rgb": ((3, height, width), np.dtype(np.uint8)),
+            "state": (self.envs.single_observation_space["state"].shape, np.dtype(np.float32)),
+            "saliency": ((1, height, width), np.dtype(np.uint8)),
+        }
+        capacity = s.replay_size if s.replay_size > 0 else s.num_steps // self.world_size
+        capacity += capacity // max(1, s.env.get("episode_length", 500)) + 4 * s.num_envs + 2  # episodes' last rows
+        self.replay = Replay(
+            s.data_dir,
+            num_streams=s.num_envs,
+            capacity=capacity,
+            buffer_keys=self.agent.obs_keys,
+            obs_spec=spec,
+            action_dim=self.agent.action_dim,
+            rows_per_shard=s.rows_per_shard,
+            attrs=s.shard_attrs,
+            prefix=s.shard_prefix,
+            writer_id=rank,
+        )
+        ranks = (self._restored or {}).get("ranks")
+        if ranks is not None and len(ranks) != self.world_size:
+            raise RuntimeError(f"checkpoint was written by {len(ranks)} ranks; this run has {self.world_size}")
+        mine = ranks[rank] if ranks is not None else None
+        reloaded = self.replay.restore(mine["shards"] if mine else [])
+        if mine is not None:
+            self.rank_vector_steps = int(mine["vector_steps"])
+            self._update_debt = float(mine["update_debt"])
+            print(
+                f"[rank {rank}] resumed at env step {self.env_step}, update {self.num_updates}, "
+                f"{reloaded} transitions reloaded from {len(mine['shards'])} shards"
+            )
+        # The env's layouts come from the seed given at reset: a resumed run resets with a new one, so it does not
+        # replay the episodes it already stored.
+        obs, _ = self.envs.reset(seed=_seed(s.seed, rank, self.env_step, "train-envs"))
+        self._obs = self._with_saliency(dict(obs))
+        self.replay.start(self._obs)
+        self._ep_return = np.zeros(s.num_envs)
+        self._ep_len = np.zeros(s.num_envs, int)
+        self._ep_success = np.zeros(s.num_envs, bool)
+        if rank == 0 and (s.eval_every > 0 or s.eval_final):
+            eval_label = self._label if self._needs_saliency_for_policy() else None
+            self.evaluator = Evaluator(
+                self._make_envs,
+                s.eval_envs,
+                s.eval_episodes,
+                _seed(s.seed, "eval-envs"),
+                self.agent.obs_keys,
+                eval_label,
+                s.eval_strip,
+            )
+
+    def on_train_start(self) -> None:
+        s = self.settings
+        mine = self._restored["ranks"][self.rank] if self._restored else None
+        if mine is not None:  # last, so nothing else consumes random numbers after the restore
+            random.setstate(_tuples(mine["rng_python"]))
+            np.random.set_state(_numpy_state(mine["rng_numpy"]))
+            torch.set_rng_state(mine["rng_torch"])
+            self.np_rng = np.random.default_rng()
+            self.np_rng.bit_generator.state = mine["rng_sampler"]
+        else:
+            # each rank its own stream for exploration noise and replay sampling
+            torch.manual_seed(_seed(s.seed, self.rank, "torch"))
+            self.np_rng = np.random.default_rng(_seed(s.seed, self.rank, "sampler"))
+        self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.num_updates
+        if s.eval_every > 0 and self.env_step == 0 and self.next_eval == 0:
+            self._evaluate()  # the learning curve starts at the untrained policy
+
+    def _needs_saliency_for_policy(self) -> bool:
+        return "saliency" in self.agent.obs_keys
+
+    def _with_saliency(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._label is not None:
+            obs["saliency"] = self._label(obs["rgb"], obs["state"])  # [n, H, W] uint8
+        return obs
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        s = self.settings
+        if self.env_step >= s.num_steps:
+            self.trainer.should_stop = True
+            return
+        self._env_step()
+        if self.env_step >= s.learning_starts:
+            self._update_debt += s.num_envs * s.updates_per_step
+            optimizers = SACOptimizers(*self.optimizers())
+            while self._update_debt >= 1.0:
+                self._update(optimizers)
+                self._update_debt -= 1.0
+        if s.eval_every > 0 and self.env_step >= self.next_eval:
+            self._evaluate()
+        if self.env_step // s.log_every > self._step_log // s.log_every:
+            self._log_charts()
+        if self.env_step >= s.num_steps:
+            last = self.eval_history[-1]["step"] if self.eval_history else None
+            if s.eval_final and last != self.env_step:
+                self._evaluate()
+            self.trainer.should_stop = True
+
+    def _env_step(self) -> None:
+        s = self.settings
+        n = s.num_envs
+        if self.env_step < s.learning_starts:
+            action = self.np_rng.uniform(-1.0, 1.0, (n, self.agent.action_dim)).astype(np.float32)
+        else:
+            obs = to_policy_obs(self._obs, self.agent.obs_keys, self.device)
+            action = self.agent.act(obs).float().cpu().numpy()  # the one host sync per env step
+        nxt, reward, terminated, truncated, info = self.envs.step(action)
+        terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+        done = terminated | truncated
+        success = done_info(info, "success", done)
+        last = final_obs(nxt, info, done) if done.any() else dict(nxt)
+        if self._label is not None:  # one batched call for the step's frames and the new episodes' first frames
+            rgb = np.concatenate((last["rgb"], nxt["rgb"][done]))
+            states = np.concatenate((last["state"], nxt["state"][done]))
+            maps = self._label(rgb, states)
+            last["saliency"] = maps[:n]
+            nxt = dict(nxt)
+            nxt["saliency"] = np.empty_like(maps[:n])
+            nxt["saliency"][~done] = maps[:n][~done]
+            nxt["saliency"][done] = maps[n:]
+        self.replay.step(action, reward, terminated, truncated, success, last)
+        if done.any():
+            self.replay.start({k: v[done] for k, v in nxt.items()}, streams=np.flatnonzero(done))
+        self._obs = dict(nxt)
+        self.rank_vector_steps += 1
+        self.env_step = self.rank_vector_steps * n * self.world_size
+        self._ep_return += reward
+        self._ep_len += 1
+        self._ep_success |= success > 0
+        for i in np.flatnonzero(done):
+            self._log(
+                {
+                    "charts/episodic_return": float(self._ep_return[i]),
+                    "charts/episodic_length": int(self._ep_len[i]),
+                    "charts/episodic_success": float(self._ep_success[i]),
+                }
+            )
+        self._ep_return[done], self._ep_len[done], self._ep_success[done] = 0.0, 0, False
+
+    def _update(self, optimizers: SACOptimizers) -> None:
+        s = self.settings
+        batch = batch_to(self.replay.sample(s.batch_size, self.np_rng), self.device)
+        metrics = self.agent.update(
+            batch,
+            optimizers,
+            self.num_updates,
+            actor_update_freq=s.actor_update_freq,
+            target_update_freq=s.target_update_freq,
+            tau=s.tau,
+            encoder_tau=s.encoder_tau,
+            backward=self.manual_backward,
+        )
+        self._metrics.update(metrics)  # keeps the actor's latest metrics through critic-only steps
+        self.num_updates += 1
+
+    # -- logging and evaluation ----------------------------------------------------------------------
+
+    def _log(self, scalars: dict[str, float]) -> None:
+        if self.logger is not None and self.rank == 0:
+            self.logger.log_metrics(scalars, step=self.env_step)
+
+    def _log_charts(self) -> None:
+        now = time.perf_counter()
+        dt = max(now - self._t_log, 1e-9)
+        scalars = {
+            "charts/sps": (self.env_step - self._step_log) / dt,
+            "charts/updates_per_s": (self.num_updates - self._updates_log) / dt,
+            "charts/num_updates": float(self.num_updates),
+        }
+        scalars.update({k: float(v) for k, v in self._metrics.items()})  # the only .item()s: every log_every steps
+        self._log(scalars)
+        self.log("sps", scalars["charts/sps"], prog_bar=True, logger=False, on_step=True)
+        self.log("env_step", float(self.env_step), prog_bar=True, logger=False, on_step=True)
+        self._t_log, self._step_log, self._updates_log = now, self.env_step, self.num_updates
+
+    def _evaluate(self) -> None:
+        s = self.settings
+        self.next_eval = (self.env_step // s.eval_every + 1) * s.eval_every if s.eval_every > 0 else 1 << 62
+        if self.rank != 0 or self.evaluator is None:
+            return
+        was_training = self.agent.training
+        self.agent.eval()
+        result = self.evaluator.run(lambda obs: self.agent.act(obs, deterministic=True), self.device, self.env_step)
+        self.agent.train(was_training)
+        self.eval_history.append(result.record())
+        self._log(
+            {
+                "eval/success_rate": result.success_rate,
+                "eval/return": result.episode_return,
+                "eval/episode_length": result.episode_length,
+            }
+        )
+        if self.logger is not None and result.strip is not None:
+            self.logger.experiment.add_image("eval/rollout", result.strip, self.env_step, dataformats="HWC")
+        self._write_eval_json()
+
+    def _write_eval_json(self) -> None:
+        run_dir = Path(self.settings.run_dir)
+        final = self.eval_history[-1] if self.eval_history else None
+        _write_json(
+            run_dir / "eval.json",
+            {
+                "task": self.settings.env.get("task"),
+                "env_step": self.env_step,
+                "final": final,
+                "curve": self.eval_history,
+            },
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        mine = {
+            "vector_steps": self.rank_vector_steps,
+            "update_debt": self._update_debt,
+            "shards": self.replay.checkpoint() if self.replay is not None else [],
+            "rng_python": _lists(random.getstate()),
+            "rng_numpy": _lists(np.random.get_state()),
+            "rng_torch": torch.get_rng_state(),
+            "rng_sampler": self.np_rng.bit_generator.state,
+        }
+        checkpoint["visarl"] = {
+            "env_step": self.env_step,
+            "num_updates": self.num_updates,
+            "next_eval": self.next_eval,
+            "eval_history": self.eval_history,
+            "settings": _plain(asdict(self.settings)),
+            "ranks": _gather(mine),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("visarl")
+        if state is None:
+            raise ValueError("not a visarl SAC checkpoint (no 'visarl' entry)")
+        self.env_step = int(state["env_step"])
+        self.num_updates = int(state["num_updates"])
+        self.next_eval = int(state["next_eval"])
+        self.eval_history = list(state["eval_history"])
+        self._restored = state
+
+    # -- the end -------------------------------------------------------------------------------------
+
+    def on_train_end(self) -> None:
+        digest = params_digest(self.agent)
+        shards = self.replay.checkpoint() if self.replay is not None else []
+        per_rank = _gather(
+            {"rank": self.rank, "params_sha1": digest, "shards": shards, "transitions": len(self.replay.buffer)}
+        )
+        self.summary = {
+            "env_step": self.env_step,
+            "num_updates": self.num_updates,
+            "world_size": self.world_size,
+            "final_eval": self.eval_history[-1] if self.eval_history else None,
+            "data_dir": str(self.settings.data_dir),
+            "ranks": per_rank,
+        }
+        if self.rank == 0:
+            _write_json(Path(self.settings.run_dir) / "summary.json", self.summary)
+        self.close()
+
+    def close(self) -> None:
+        """Close envs and the shard writer (idempotent; the runner calls it after a failure too)."""
+        if self.replay is not None:
+            self.replay.close()
+        for thing in (self.envs, self.evaluator):
+            if thing is not None:
+                thing.close()
+        self.envs = None
+        self.evaluator = None
+
+
+# -- RNG states as weights_only-loadable values -------------------------------------------------------
+
+
+def _lists(state: Any) -> Any:
+    """Tuples -> lists and numpy arrays -> lists, recursively (``torch.load(weights_only=True)`` reads those)."""
+    if isinstance(state, np.ndarray):
+        return state.tolist()
+    if isinstance(state, (tuple, list)):
+        return [_lists(x) for x in state]
+    return state
+
+
+def _tuples(state: Any) -> Any:
+    if isinstance(state, list):
+        return tuple(_tuples(x) for x in state)
+    return state
+
+
+def _numpy_state(state: list) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class EnvStepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint(save_last=True)`` triggered every ``every`` env steps and when training stops.
+
+    Two changes to the stock callback: the trigger counts env steps (``trainer.global_step`` counts optimizer
+    steps of all three optimizers under manual optimization), and ``last.ckpt`` is replaced atomically (written
+    to a temporary name, then renamed), so a SIGKILL during a save leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, dirpath: str | Path, every: int) -> None:
+        super().__init__(dirpath=str(dirpath), save_last=True, save_top_k=0, enable_version_counter=False)
+        self.every = int(every)
+        self.next_step = self.every
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kw: Any) -> None:
+        step = int(pl_module.env_step)
+        if step >= self.next_step or trainer.should_stop:
+            self.next_step = (step // self.every + 1) * self.every
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # the clock's epoch never ends; saving is driven by env steps only
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        path = Path(filepath)
+        tmp = path.with_name(f".{path.name}.tmp")
+        trainer.save_checkpoint(str(tmp), self.save_weights_only)  # every rank builds it; rank 0 writes
+        if trainer.is_global_zero:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        trainer.strategy.barrier("EnvStepCheckpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = str(path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "next_step": self.next_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.next_step = int(state_dict.get("next_step", self.every))

@@ -1,0 +1,402 @@
+"""`stage: rl`: pixel (or state) SAC with any encoder and input variant; the shared SAC config and runner.
+
+    python -m visarl.fit --config conf/rl/cnn_rgbs.yaml
+    python -m visarl.fit --config conf/rl/cnn_rgb.yaml trainer.devices=2 trainer.strategy=ddp
+    python -m visarl.fit --resume runs/cnn_rgbs/<run>
+
+The same runner (:func:`fit_sac`) serves ``stage: collect`` with ``policy: sac_state``: state-based SAC whose
+replay, written to shards with rendered frames, becomes the pretraining dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
+from visarl.registry import RunContext, register_stage
+from visarl.rl.encoders import PIXEL_VARIANTS, make_encoder
+from visarl.rl.replay import safe_prefix
+from visarl.rl.saliency_source import SALIENCY_SOURCES
+
+ENCODERS = ("identity", "cnn", "mmae")
+MOVING_CAMERAS = ("behindGripper", "gripperPOV")
+"""Cameras attached to the robot: their pose is not in the state, so the oracle cannot project keypoints."""
+
+
+@dataclass
+class SACConfig:
+    """SAC hyperparameters. The paper defers them to RAD [9] and SAC-AE [10]; the defaults are the ViSaRL
+    authors' settings as listed in issue 3 (Appendix F for the head sizes)."""
+
+    batch_size: int = 128
+    """Transitions per update (authors' setting; SAC-AE [10] uses 128 as well)."""
+    lr: float = 1e-4
+    """Adam learning rate of the actor, the critics and the CNN encoder (authors' setting)."""
+    alpha_lr: float = 1e-4
+    """Adam learning rate of the entropy temperature (authors' setting)."""
+    init_temperature: float = 0.1
+    """Initial entropy temperature alpha (authors' setting; SAC-AE [10] starts at 0.1 too)."""
+    discount: float = 0.99
+    """Discount factor gamma (authors' setting)."""
+    tau: float = 0.005
+    """Polyak rate of the target critics (authors' setting)."""
+    encoder_tau: float | None = None
+    """Polyak rate of the target CNN encoder; None uses ``tau`` (the authors give one tau; SAC-AE uses 0.05)."""
+    actor_update_freq: int = 2
+    """Update the actor and temperature every this many critic updates (authors' setting, as SAC-AE)."""
+    target_update_freq: int = 2
+    """Update the targets every this many critic updates (authors' setting, as SAC-AE)."""
+    log_std_min: float = -10.0
+    """Lower bound of the actor's log-std (authors' setting, as SAC-AE)."""
+    log_std_max: float = 2.0
+    """Upper bound of the actor's log-std (authors' setting, as SAC-AE)."""
+    feature_dim: int = 100
+    """Width of each head's Linear + LayerNorm projection (Appendix F)."""
+    hidden_dim: int = 1024
+    """Hidden units of each head's MLP layers (Appendix F)."""
+    num_layers: int = 3
+    """Hidden layers of each head's MLP (Appendix F)."""
+    learning_starts: int = 1000
+    """Env steps of uniformly random actions before the first update (authors' setting)."""
+    updates_per_step: float = 1.0
+    """SAC updates per env step of each rank (SAC-AE: 1); fractional values accumulate."""
+    replay_size: int = 0
+    """Transitions the in-memory replay keeps per rank; 0 keeps all of the run (SAC-AE: capacity = training steps)."""
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "actor_update_freq", "target_update_freq", "feature_dim", "hidden_dim"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"sac.{key}: must be positive, got {getattr(self, key)}")
+        if self.num_layers < 1 or self.learning_starts < 0 or self.replay_size < 0 or self.updates_per_step < 0:
+            raise ConfigError("sac.num_layers must be >= 1; learning_starts, replay_size, updates_per_step >= 0")
+        if not 0 < self.tau <= 1 or not 0 <= self.discount <= 1 or self.lr <= 0 or self.alpha_lr <= 0:
+            raise ConfigError(f"sac: need 0 < tau <= 1, 0 <= discount <= 1 and positive lr (got {self})")
+        if self.log_std_min >= self.log_std_max:
+            raise ConfigError(f"sac.log_std_min {self.log_std_min} must be below sac.log_std_max {self.log_std_max}")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation with the deterministic policy (the mean action)."""
+
+    every: int = 10_000
+    """Env steps between evaluations (authors' setting: 10k); 0 evaluates only at the end (if ``final``)."""
+    episodes: int = 50
+    """Episodes per evaluation (paper: 50 rollouts, Table I)."""
+    num_envs: int = 5
+    """Evaluation envs stepping in parallel (worker processes when ``async_envs``)."""
+    final: bool = True
+    """Also evaluate when training ends (if the last periodic evaluation was earlier)."""
+    strip_frames: int = 8
+    """Frames of one evaluation rollout shown side by side in TensorBoard."""
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.episodes < 1 or self.num_envs < 1 or self.strip_frames < 1:
+            raise ConfigError(f"eval: every must be >= 0, episodes, num_envs and strip_frames >= 1 (got {self})")
+
+
+@dataclass
+class SACRunConfig(RunConfig):
+    """What ``stage: rl`` and ``stage: collect`` (policy: sac_state) share: env, SAC, loop, evaluation."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The pixel environment (500-step episodes, no extra action repeat: the authors' settings)."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """SAC hyperparameters."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation schedule."""
+    num_steps: int = 1_000_000
+    """Env steps (transitions) over all ranks (authors' setting: 1M)."""
+    num_envs: int = 1
+    """Training envs per rank, stepped together."""
+    async_envs: bool = True
+    """Run each env in its own worker process (one renderer per process); False steps them in this process."""
+    rows_per_shard: int = 5000
+    """Rows (frames) per HDF5 replay shard."""
+    data_dir: str = ""
+    """Where the replay shards go."""
+    checkpoint_every: int = 10_000
+    """Env steps between checkpoints (<run_dir>/checkpoints/last.ckpt)."""
+    log_every: int = 1000
+    """Env steps between scalar logs (losses, sps): the only host syncs of the update loop."""
+    torch_threads: int = 0
+    """Intra-op threads of torch during the run; 0 keeps torch's default. On a busy CPU, 1 thread is often faster
+    for small networks (spinning OpenMP threads then compete with the env workers)."""
+    saliency: str = "none"
+    """Where saliency maps for new frames come from: none, oracle (keypoints from the state), picanet."""
+    saliency_ckpt: str = ""
+    """PiCANet checkpoint for ``saliency: picanet``."""
+    saliency_sigma: float = 10.0
+    """Oracle blob sigma in pixels of a 224x224 frame (the annotation clicks' sigma, Fig. 5)."""
+
+    def _check_loop(self) -> None:
+        if self.torch_threads < 0:
+            raise ConfigError(f"torch_threads: must be >= 0, got {self.torch_threads}")
+        for key in ("num_steps", "num_envs", "rows_per_shard", "checkpoint_every", "log_every"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        choice("saliency", self.saliency, SALIENCY_SOURCES)
+        if self.saliency == "picanet" and not self.saliency_ckpt:
+            raise ConfigError("saliency: picanet needs saliency_ckpt: <path to a trained PiCANet checkpoint>")
+        if self.saliency == "oracle" and self.env.camera in MOVING_CAMERAS:
+            raise ConfigError(f"saliency: oracle needs a world-fixed env.camera, not {self.env.camera!r}")
+        choice("env.camera", self.env.camera, CAMERAS)
+
+
+@dataclass
+class RLConfig(SACRunConfig):
+    """``stage: rl``: SAC on pixels (or the state) with the encoder and input variant of a Table I row."""
+
+    stage: str = "rl"
+    encoder: str = "cnn"
+    """identity (the 39-d state), cnn (the paper's CNN, trained by the critic) or mmae (a frozen MultiMAE)."""
+    variant: str = "rgb"
+    """Encoder input: rgb, saliency, rgb_x_saliency or rgbs (cnn); rgb, saliency or rgbs (mmae)."""
+    encoder_ckpt: str = ""
+    """MultiMAE checkpoint (from the pretrain stage) for ``encoder: mmae``."""
+    modalities: list[str] = field(default_factory=list)
+    """MultiMAE inputs at RL time; empty = the variant's. A rgb+saliency checkpoint with [rgb] is the paper's
+    'pretrain-only' row."""
+    pooling: str = "mean"
+    """MultiMAE state: mean of the token embeddings (paper) or the global token."""
+    cnn_layers: int = 11
+    """Conv layers of the CNN (Appendix F: 11)."""
+    cnn_filters: int = 32
+    """Filters per conv layer (Appendix F: 32)."""
+
+    def __post_init__(self) -> None:
+        self._check_loop()
+        choice("encoder", self.encoder, ENCODERS)
+        if self.encoder == "cnn":
+            choice("variant", self.variant, list(PIXEL_VARIANTS))
+        elif self.encoder == "mmae":
+            choice("variant", self.variant, ["rgb", "saliency", "rgbs"])
+            if not self.encoder_ckpt:
+                raise ConfigError("encoder: mmae needs encoder_ckpt: <MultiMAE checkpoint from the pretrain stage>")
+            bad = [m for m in self.modalities if m not in PIXEL_VARIANTS[self.variant].obs_keys]
+            if bad:
+                raise ConfigError(f"modalities: {bad} are not inputs of variant {self.variant!r}")
+            choice("pooling", self.pooling, ["mean", "global"])
+        if self.cnn_layers < 1 or self.cnn_filters < 1:
+            raise ConfigError("cnn_layers and cnn_filters must be >= 1")
+        if self.needs_saliency and self.saliency == "none":
+            raise ConfigError(
+                f"variant: {self.variant!r} reads saliency maps, but saliency: none; "
+                "set saliency: oracle, or saliency: picanet with saliency_ckpt: <checkpoint>"
+            )
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        if self.encoder == "identity":
+            return ("state",)
+        if self.encoder == "mmae" and self.modalities:
+            return tuple(self.modalities)
+        return PIXEL_VARIANTS[self.variant].obs_keys
+
+    @property
+    def needs_saliency(self) -> bool:
+        return "saliency" in self.obs_keys
+
+
+# --------------------------------------------------------------------------------------------------
+# building and running
+
+
+def build_agent(
+    cfg: SACRunConfig,
+    encoder: str,
+    variant: str,
+    *,
+    encoder_ckpt: str = "",
+    modalities: tuple[str, ...] = (),
+    pooling: str = "mean",
+    cnn_layers: int = 11,
+    cnn_filters: int = 32,
+):
+    """The SAC agent of a config (observation shapes from ``cfg.env``)."""
+    from visarl.rl.sac import SACAgent
+
+    size = cfg.env.image_size
+    shapes = {"rgb": (3, size, size), "saliency": (1, size, size), "state": (STATE_DIM,)}
+    if encoder == "identity":
+        enc = make_encoder("identity", "", shapes)
+    elif encoder == "cnn":
+        enc = make_encoder("cnn", variant, shapes, num_layers=cnn_layers, num_filters=cnn_filters)
+    else:
+        from visarl.mae import load_encoder
+
+        try:
+            module = load_encoder(encoder_ckpt, tuple(modalities) or None, pooling)
+        except ValueError as e:
+            raise ConfigError(f"encoder_ckpt: {e}") from e
+        enc = make_encoder("frozen", variant, shapes, module=module, out_dim=module.out_dim)
+        if modalities:
+            enc.obs_keys = tuple(modalities)
+    s = cfg.sac
+    return SACAgent(
+        enc,
+        action_dim=4,  # Meta-World: end-effector xyz delta + gripper torque (Sec. IV)
+        feature_dim=s.feature_dim,
+        hidden_dim=s.hidden_dim,
+        num_layers=s.num_layers,
+        discount=s.discount,
+        init_temperature=s.init_temperature,
+        log_std_bounds=(s.log_std_min, s.log_std_max),
+    )
+
+
+def _strategy(cfg: SACRunConfig) -> Any:
+    """DDP with ``find_unused_parameters``: each of SAC's losses reaches only part of the agent."""
+    strategy = cfg.trainer.strategy
+    if strategy in ("ddp", "ddp_find_unused_parameters_true"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=True)
+    if strategy.startswith("ddp") or strategy.startswith("fsdp") or strategy.startswith("deepspeed"):
+        raise ConfigError(f"trainer.strategy: {strategy!r} is not supported by the SAC loop; use 'auto' or 'ddp'")
+    return strategy
+
+
+def _relaunch_as_resume(cfg: SACRunConfig, run_dir: Path) -> None:
+    """Make Lightning's DDP launcher start the other ranks on THIS run directory.
+
+    Lightning starts ranks > 0 by re-running the command line; a fresh ``--config`` command would make each
+    rank a run directory of its own (and refuse an existing one), so the command becomes ``--resume <run_dir>``.
+    A rank finds no checkpoint there unless rank 0 was itself resuming, so both start from the same state.
+    """
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is None or spec.name != "visarl.fit":
+        raise ConfigError(
+            "trainer.strategy: ddp starts its ranks by re-running the command line: "
+            "launch it as `python -m visarl.fit --config ...`"
+        )
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        sys.argv = [sys.argv[0], "--resume", str(run_dir)]
+
+
+def fit_sac(
+    cfg: SACRunConfig,
+    ctx: RunContext,
+    agent: torch.nn.Module,
+    *,
+    data_dir: Path,
+    shard_attrs: dict[str, Any],
+) -> dict[str, Any]:
+    """Train ``agent`` with the SAC loop of ``cfg`` in ``ctx.run_dir``; resumes from its last checkpoint."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from visarl.rl.module import EnvStepCheckpoint, LoopSettings, SACLoop, clock_loader
+
+    s, e = cfg.sac, cfg.eval
+    settings = LoopSettings(
+        env=env_kwargs(cfg.env),
+        num_steps=cfg.num_steps,
+        num_envs=cfg.num_envs,
+        async_envs=cfg.async_envs,
+        seed=cfg.seed,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        alpha_lr=s.alpha_lr,
+        tau=s.tau,
+        encoder_tau=s.encoder_tau,
+        actor_update_freq=s.actor_update_freq,
+        target_update_freq=s.target_update_freq,
+        learning_starts=s.learning_starts,
+        updates_per_step=s.updates_per_step,
+        replay_size=s.replay_size,
+        data_dir=str(data_dir),
+        rows_per_shard=cfg.rows_per_shard,
+        shard_prefix=safe_prefix(f"{cfg.name}-{cfg.run}"),
+        shard_attrs=shard_attrs,
+        saliency=cfg.saliency,
+        saliency_ckpt=cfg.saliency_ckpt,
+        saliency_sigma=cfg.saliency_sigma,
+        eval_every=e.every,
+        eval_episodes=e.episodes,
+        eval_envs=e.num_envs,
+        eval_final=e.final,
+        eval_strip=e.strip_frames,
+        log_every=cfg.log_every,
+        run_dir=str(ctx.run_dir),
+    )
+    loop = SACLoop(agent, settings)
+    ckpt_dir = ctx.run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = str(last) if ctx.resume and last.is_file() else None
+    purge_step = None  # on resume, hide the TensorBoard events the killed run logged after its checkpoint
+    if ckpt_path is not None:
+        purge_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["visarl"]["env_step"]) + 1
+    elif ctx.resume:
+        purge_step = 0  # killed before its first checkpoint: it starts over
+    strategy = _strategy(cfg)
+    if not isinstance(strategy, str):
+        _relaunch_as_resume(cfg, ctx.run_dir)
+    if cfg.trainer.max_steps != -1 or cfg.trainer.max_epochs is not None:
+        warnings.warn(
+            "trainer.max_steps / max_epochs are ignored by the SAC loop: num_steps sets its length", stacklevel=2
+        )
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=strategy,
+        num_nodes=cfg.trainer.num_nodes,
+        precision=cfg.trainer.precision,
+        max_epochs=-1,
+        max_steps=-1,
+        logger=TensorBoardLogger(str(ctx.run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step),
+        callbacks=[EnvStepCheckpoint(ckpt_dir, cfg.checkpoint_every)],
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(ctx.run_dir),
+    )
+    threads = torch.get_num_threads()
+    with warnings.catch_warnings():
+        # an endless clock needs no workers, and its epoch never ends
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*infinite.*")
+        try:
+            if cfg.torch_threads > 0:
+                torch.set_num_threads(cfg.torch_threads)
+            trainer.fit(loop, train_dataloaders=clock_loader(), ckpt_path=ckpt_path, weights_only=True)
+        finally:
+            loop.close()
+            torch.set_num_threads(threads)
+    return loop.summary
+
+
+@register_stage("rl", RLConfig)
+def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
+    """Train SAC per ``cfg``; shards in ``data_dir`` (default <run_dir>/replay), eval.json in the run dir."""
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else ctx.run_dir / "replay"
+    agent = build_agent(
+        cfg,
+        cfg.encoder,
+        cfg.variant,
+        encoder_ckpt=cfg.encoder_ckpt,
+        modalities=tuple(cfg.modalities),
+        pooling=cfg.pooling,
+        cnn_layers=cfg.cnn_layers,
+        cnn_filters=cfg.cnn_filters,
+    )
+    attrs = {
+        "task": cfg.env.task,
+        "camera": cfg.env.camera,
+        "image_size": cfg.env.image_size,
+        "action_repeat": cfg.env.action_repeat,
+        "config": to_yaml(cfg),
+    }
+    return fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs)

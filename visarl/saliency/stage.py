@@ -1,0 +1,353 @@
+"""`stage: saliency` (train PiCANet on annotations) and `stage: label` (predict a map for every stored frame).
+
+    python -m visarl.fit --config conf/saliency/reach.yaml     # data/reach/annotations.h5 -> data/reach/picanet.pt
+    python -m visarl.fit --config conf/label/reach.yaml        # data/reach/replay/*.h5 gain a `saliency` dataset
+
+Saliency: a Lightning fit of :class:`SaliencyModule` on :class:`SaliencyDataModule` (ViSaRL Table III; the
+split, augmentations and LR schedule are described there). The run directory gets TensorBoard events,
+``checkpoints/best-*.ckpt`` (best held-out max-F) and ``checkpoints/last.ckpt`` (``--resume`` continues from it),
+``picanet.pt`` (the best weights as a plain file: ``{"format": "visarl-picanet", "hparams", "state_dict"}``,
+read with ``torch.load(weights_only=True)``) and ``saliency.json`` (held-out metrics of the final and best
+weights). The weights are also copied to ``export_path`` (default ``data/<task>/picanet.pt``), where ``label``
+and the RL stage find them from the task alone.
+
+Label: every shard of ``data_dir`` is read whole, its frames go through :class:`PiCANetSaliency` in batches,
+and the maps (uint8 ``[N, H, W]``, frame resolution) are added with :func:`visarl.data.shards.write_field`,
+which copies the shard, adds the dataset and renames the copy over the original: an interrupted run leaves each
+shard fully labelled or untouched. A rerun skips shards that already have the field, unless ``overwrite``; with
+``overwrite`` and ``--resume`` it skips the shards this run already finished (``label_state.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visarl.config import ConfigError, RunConfig, choice
+from visarl.registry import RunContext, register_stage
+from visarl.saliency.data import default_annotations, default_weights
+
+
+@dataclass
+class SaliencyConfig(RunConfig):
+    """Train PiCANet on a task's annotations (ViSaRL Sec. III-C, Table III)."""
+
+    stage: str = "saliency"
+    task: str = "reach"
+    """Task name; sets the default annotation and export paths."""
+    annotations: str = ""
+    """Annotation export to train on; default data/<task>/annotations.h5 (where `stage: annotate` writes it)."""
+    export_path: str = ""
+    """Where the best weights are copied for later stages; default data/<task>/picanet.pt; 'none' to skip."""
+    input_size: int = 224
+    """Side of the net's square input (paper: 224); frames are resized to it and predictions back."""
+    global_cells: bool = False
+    """Global-attention decoder cells (original PiCANet); off in ViSaRL."""
+    width_mult: float = 1.0
+    """Channel multiplier of the whole net (1.0: the paper's widths; small values for tests)."""
+    local_hidden: int = 128
+    """Hidden channels of the local attention's 7x7 logit conv (PiCANet: 128)."""
+    fc6_dilation: int = 12
+    """Dilation of fc6 (PiCANet: 12 for 28 px maps; scale it down with input_size, e.g. 3 at 64)."""
+    dropout: float = 0.5
+    """Dropout after fc6 (PiCANet: 0.5)."""
+    vgg_weights: str = ""
+    """Optional local torchvision VGG-16 state dict for the encoder (never downloaded); '' = random init."""
+    epochs: int = 1000
+    """Training epochs (paper: 1000 on 30 frames)."""
+    batch_size: int = 16
+    """Frames per batch (paper: 16)."""
+    lr: float = 3e-4
+    """AdamW learning rate (paper: 3e-4)."""
+    weight_decay: float = 0.005
+    """AdamW weight decay (paper: 0.005)."""
+    momentum: float = 0.9
+    """AdamW beta1 (paper's 'momentum': 0.9)."""
+    lr_decay: float = 0.1
+    """Step LR decay factor (paper: 0.1)."""
+    lr_decay_at: list[float] = field(default_factory=lambda: [0.35, 0.7])
+    """Fractions of the epochs where the LR is multiplied by lr_decay (PiCANet's solver: 7k and 14k of 20k)."""
+    side_weights: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.8, 1.0])
+    """Deep-supervision weights of the finest side outputs; coarser ones take the first (PiCANet)."""
+    loss: str = "bce"
+    """Per-side loss: 'bce' (PiCANet) or 'mse'."""
+    val_fraction: float = 0.2
+    """Share of the annotated frames held out (paper: 20%); the split is fixed by the seed."""
+    num_train: int = 0
+    """Use only this many training frames (0 = all); the held-out frames stay the same (Table V sweep)."""
+    color_jitter: list[float] = field(default_factory=lambda: [0.2, 0.2, 0.2, 0.02])
+    """ColorJitter (brightness, contrast, saturation, hue) on training frames; zeros turn it off."""
+    flip: bool = True
+    """Random left-right mirror flip of frame and map together."""
+    val_every: int = 10
+    """Evaluate on the held-out frames (and maybe keep a best checkpoint) every this many epochs."""
+    num_images: int = 6
+    """Held-out frames shown in the TensorBoard image grid."""
+    num_workers: int = 0
+    """DataLoader worker processes (0: load in the main process; the data is ~30 frames in memory)."""
+
+    def __post_init__(self) -> None:
+        choice("loss", self.loss, ["bce", "mse"])
+        if self.input_size < 8 or self.input_size % 8:
+            raise ConfigError(f"input_size: must be a positive multiple of 8, got {self.input_size}")
+        for key in ("epochs", "batch_size", "val_every", "fc6_dilation", "local_hidden"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
+        if len(self.color_jitter) != 4 or min(self.color_jitter) < 0:
+            raise ConfigError(
+                f"color_jitter: need 4 values >= 0 (brightness, contrast, saturation, hue), got {self.color_jitter}"
+            )
+        if not 0 <= self.color_jitter[3] <= 0.5:
+            raise ConfigError(f"color_jitter: hue must be in [0, 0.5], got {self.color_jitter[3]}")
+        if not 1 <= len(self.side_weights) <= 6:
+            raise ConfigError(f"side_weights: 1 to 6 weights (PiCANet has 6 side outputs), got {self.side_weights}")
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs != self.epochs:
+            raise ConfigError("trainer.max_epochs: the saliency stage counts epochs with `epochs`; set that instead")
+
+    def net_kwargs(self) -> dict[str, Any]:
+        """The :class:`PiCANet` constructor's numbers from this config."""
+        return {
+            "input_size": self.input_size,
+            "global_cells": self.global_cells,
+            "width_mult": self.width_mult,
+            "local_hidden": self.local_hidden,
+            "fc6_dilation": self.fc6_dilation,
+            "dropout": self.dropout,
+        }
+
+
+@register_stage("saliency", SaliencyConfig)
+def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
+    """Fit PiCANet, keep the best checkpoint by held-out max-F, export ``picanet.pt``; returns the metrics."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from visarl.saliency.data import SaliencyDataModule
+    from visarl.saliency.module import SaliencyModule
+    from visarl.saliency.picanet import PiCANet, save_picanet
+
+    ann_path = Path(cfg.annotations) if cfg.annotations else default_annotations(cfg.task)
+    if not ann_path.is_file():
+        raise ConfigError(
+            f"annotations: {ann_path} does not exist; run `stage: annotate` for task {cfg.task!r} or set annotations="
+        )
+    dm = SaliencyDataModule(
+        ann_path,
+        batch_size=cfg.batch_size,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        num_train=cfg.num_train,
+        color_jitter=cfg.color_jitter,
+        flip=cfg.flip,
+        num_workers=cfg.num_workers,
+    )
+    try:
+        dm.setup()
+    except ValueError as e:
+        raise ConfigError(f"annotations: {e}") from e
+
+    net = PiCANet(**cfg.net_kwargs(), weights_path=cfg.vgg_weights or None)
+    module = SaliencyModule(
+        net,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=(cfg.momentum, 0.999),
+        lr_decay=cfg.lr_decay,
+        lr_decay_at=tuple(cfg.lr_decay_at),
+        side_weights=tuple(cfg.side_weights),
+        loss=cfg.loss,
+        num_images=cfg.num_images,
+    )
+    ckpt_dir = ctx.run_dir / "checkpoints"
+    best_cb = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best-{epoch:04d}", monitor="val/f_max", mode="max", save_top_k=1, save_last=True
+    )
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        max_epochs=cfg.epochs,
+        max_steps=t.max_steps,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar,
+        check_val_every_n_epoch=cfg.val_every,
+        num_sanity_val_steps=0,
+        logger=TensorBoardLogger(save_dir=str(ctx.run_dir), name="", version=""),
+        callbacks=[best_cb],
+        default_root_dir=str(ctx.run_dir),
+        enable_model_summary=False,
+    )
+    last = ckpt_dir / "last.ckpt"
+    resume_from = str(last) if ctx.resume and last.is_file() else None
+    if ctx.resume and resume_from is None:
+        print(f"saliency: --resume but no {last}; training from the start")
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    train_s = time.perf_counter() - t0
+
+    # Held-out metrics of the final weights, then of the best checkpoint (chosen on these same frames: optimistic).
+    final = _validate(trainer, module, dm)
+    best_path = best_cb.best_model_path
+    if best_path:
+        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        best = _validate(trainer, module, dm)
+    else:
+        best = final
+    weights = save_picanet(module.net, ctx.run_dir / "picanet.pt") if trainer.is_global_zero else None
+    summary: dict[str, Any] = {
+        "annotations": str(ann_path),
+        "train_frames": len(dm.train_idx),
+        "heldout_frames": len(dm.val_idx),
+        "input_size": cfg.input_size,
+        "epochs": cfg.epochs,
+        "train_seconds": train_s,
+        "final": final,
+        "best": best,
+        "best_checkpoint": best_path,
+        "weights": str(weights) if weights else "",
+    }
+    if weights is not None and cfg.export_path != "none":
+        export = Path(cfg.export_path) if cfg.export_path else default_weights(cfg.task)
+        export.parent.mkdir(parents=True, exist_ok=True)
+        tmp = export.with_name(f".{export.name}.tmp")
+        shutil.copyfile(weights, tmp)
+        tmp.replace(export)
+        summary["export_path"] = str(export)
+    if trainer.is_global_zero:
+        (ctx.run_dir / "saliency.json").write_text(json.dumps(summary, indent=2))
+        f, b = final, best
+        print(
+            f"saliency: held-out F(max/adaptive) {f['f_max']:.3f}/{f['f_adaptive']:.3f}, MAE {f['mae']:.4f} (final); "
+            f"{b['f_max']:.3f}/{b['f_adaptive']:.3f}, {b['mae']:.4f} (best) -> {weights}"
+        )
+    return summary
+
+
+def _validate(trainer: Any, module: Any, dm: Any) -> dict[str, float]:
+    (res,) = trainer.validate(module, datamodule=dm, verbose=False)
+    return {k.removeprefix("val/"): float(v) for k, v in res.items()}
+
+
+@dataclass
+class LabelConfig(RunConfig):
+    """Predict a saliency map for every frame of a task's shards with a trained PiCANet."""
+
+    stage: str = "label"
+    task: str = "reach"
+    """Task name; sets the default data_dir and checkpoint."""
+    data_dir: str = ""
+    """Shard directory to label; default data/<task>/replay."""
+    checkpoint: str = ""
+    """PiCANet weights (`picanet.pt` from `stage: saliency`); default data/<task>/picanet.pt."""
+    field_name: str = "saliency"
+    """Name of the per-frame dataset added to each shard."""
+    batch_size: int = 64
+    """Frames per inference batch."""
+    overwrite: bool = False
+    """Relabel shards that already have the field (otherwise they are skipped)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        choice("trainer.precision", self.trainer.precision, ["32", "32-true", "bf16-mixed", "16-mixed"])
+        if not self.field_name.isidentifier():
+            raise ConfigError(f"field_name: {self.field_name!r} is not a plain dataset name")
+
+
+@register_stage("label", LabelConfig)
+def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
+    """Label every shard of ``data_dir``; returns counts and throughput."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from visarl.data.collect import default_data_dir
+    from visarl.data.shards import ShardReader, list_shards, write_field
+    from visarl.saliency.online import PiCANetSaliency, resolve_device
+
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
+    shards = list_shards(data_dir)
+    if not shards:
+        raise ConfigError(f"data_dir: no shards in {data_dir}; run `stage: collect` first or set data_dir=")
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_weights(cfg.task)
+    if not ckpt.is_file():
+        raise ConfigError(f"checkpoint: {ckpt} does not exist; run `stage: saliency` first or set checkpoint=")
+    device = resolve_device(cfg.trainer.accelerator)
+    try:
+        source = PiCANetSaliency.from_checkpoint(ckpt, device=device, precision=cfg.trainer.precision)
+    except ValueError as e:
+        raise ConfigError(f"checkpoint: {e}") from e
+
+    state_file = ctx.run_dir / "label_state.json"
+    finished: set[str] = set()
+    if ctx.resume and state_file.is_file():
+        finished = set(json.loads(state_file.read_text())["finished"])
+    todo, skipped = [], []
+    for path in shards:
+        reader = ShardReader(path)
+        has = cfg.field_name in reader.fields
+        if (has and not cfg.overwrite) or path.name in finished:
+            skipped.append(path.name)
+        else:
+            todo.append((path, len(reader.frame_indices()), len(reader)))
+        reader.close()
+    total_rows = sum(n for _, _, n in todo)
+    print(f"label: {len(todo)} shards ({total_rows} rows) to label, {len(skipped)} already labelled, on {device}")
+
+    tb = SummaryWriter(str(ctx.run_dir))
+    done_rows, t_infer = 0, 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(total=total_rows, desc=f"label {cfg.task}", unit="frame", dynamic_ncols=True)
+    try:
+        for path, _, n_rows in todo:
+            reader = ShardReader(path)
+            rgb = reader.read("rgb")  # [N, H, W, 3] uint8; every row, continuation duplicates included
+            reader.close()
+            maps = np.empty(rgb.shape[:3], dtype=np.uint8)
+            for start in range(0, n_rows, cfg.batch_size):
+                chunk = torch.from_numpy(rgb[start : start + cfg.batch_size]).permute(0, 3, 1, 2)
+                ti = time.perf_counter()
+                maps[start : start + len(chunk)] = source(chunk)[:, 0].cpu().numpy()
+                t_infer += time.perf_counter() - ti
+                bar.update(len(chunk))
+                fps = (done_rows + start + len(chunk)) / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(fps=f"{fps:.1f}", refresh=False)
+            write_field(path, cfg.field_name, maps, overwrite=cfg.overwrite)  # atomic: copy, add, rename
+            done_rows += n_rows
+            finished.add(path.name)
+            tmp = state_file.with_name(state_file.name + ".tmp")
+            tmp.write_text(json.dumps({"finished": sorted(finished)}))
+            tmp.replace(state_file)
+            tb.add_scalar("label/fps", done_rows / max(time.perf_counter() - t0, 1e-9), done_rows)
+    finally:
+        bar.close()
+        tb.close()
+    elapsed = time.perf_counter() - t0
+    summary = {
+        "data_dir": str(data_dir),
+        "checkpoint": str(ckpt),
+        "device": str(device),
+        "precision": cfg.trainer.precision,
+        "labelled_shards": len(todo),
+        "skipped_shards": len(skipped),
+        "frames": done_rows,
+        "fps": done_rows / elapsed if elapsed > 0 else 0.0,
+        "inference_fps": done_rows / t_infer if t_infer > 0 else 0.0,
+    }
+    (ctx.run_dir / "label.json").write_text(json.dumps(summary, indent=2))
+    print(f"label: {done_rows} frames in {len(todo)} shards, {summary['fps']:.1f} frames/s ({len(skipped)} skipped)")
+    return summary
