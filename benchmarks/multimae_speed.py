@@ -95,7 +95,9 @@ def main() -> None:
         paths[fast_name] = variant(fast_fused, True, True, compile=True)
     if args.all:
         paths["fp32, fused attn"] = variant(True, False, False)
-        paths["bf16, " + ("eager" if fast_fused else "fused") + " attn, fused AdamW"] = variant(not fast_fused, True, True)
+        paths["bf16, " + ("eager" if fast_fused else "fused") + " attn, fused AdamW"] = variant(
+            not fast_fused, True, True
+        )
 
     g = torch.Generator().manual_seed(1)
     batch = {

@@ -310,3 +310,21 @@ def test_weights_file_errors_name_the_file(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match=r"bad\.pt.*corrupt"):
         load_picanet(bad)
+
+
+def test_local_aggregate_gradients_match_unfold() -> None:
+    """The hand-written backward of the local attention's weighted sum equals autograd through F.unfold."""
+    from visarl.saliency.picanet import _LocalAggregate
+
+    torch.manual_seed(0)
+    k, d = 3, 2
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    attn = torch.rand(2, k * k, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _LocalAggregate.apply(a, b, k, d), (x, attn))
+    g = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    gx, ga = torch.autograd.grad(_LocalAggregate.apply(x, attn, k, d), (x, attn), g)
+    unfolded = F.unfold(x, k, dilation=d, padding=d * (k - 1) // 2).view(2, 3, k * k, 30)
+    ref = (unfolded * attn.view(2, 1, k * k, 30)).sum(2).view_as(x)
+    rx, ra = torch.autograd.grad(ref, (x, attn), g)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(ga, ra)

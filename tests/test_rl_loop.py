@@ -275,3 +275,42 @@ def test_rl_config_errors_name_the_keys():
     cfg = build(RLConfig, {"variant": "rgbs", "saliency": "oracle"})
     assert cfg.obs_keys == ("rgb", "saliency") and cfg.sac.batch_size == 128 and cfg.num_steps == 1_000_000
     assert build(RLConfig, {"encoder": "identity"}).obs_keys == ("state",)
+
+
+def test_mmae_encoder_from_checkpoint(tmp_path):
+    """encoder: mmae loads a MultiMAE checkpoint as a frozen encoder; modalities [rgb] is the pretrain-only row."""
+    from visarl.config import build
+    from visarl.mae import build_multimae, save_checkpoint
+    from visarl.rl.encoders import is_trainable
+    from visarl.rl.stage import RLConfig, build_agent
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "mmae.pt"
+    save_checkpoint(build_multimae("tiny", ("rgb", "saliency"), image_size=32), ckpt)
+    obs = {
+        "rgb": torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8),
+        "saliency": torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8),
+    }
+    for modalities, keys in (([], ("rgb", "saliency")), (["rgb"], ("rgb",))):
+        cfg = build(
+            RLConfig,
+            {
+                "encoder": "mmae",
+                "variant": "rgbs",
+                "saliency": "oracle",
+                "encoder_ckpt": str(ckpt),
+                "modalities": modalities,
+                "env": {"image_size": 32},
+                "sac": {"hidden_dim": 32, "feature_dim": 16},
+            },
+        )
+        agent = build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(ckpt), modalities=tuple(modalities))
+        assert agent.obs_keys == keys and agent.encoder.out_dim == 64 and not is_trainable(agent.encoder)
+        assert agent.encoder_target is None  # a frozen encoder is its own target
+        feats = agent.encode(obs)
+        assert feats.shape == (3, 64) and torch.isfinite(feats).all()
+        if keys == ("rgb",):  # saliency is ignored by the pretrain-only variant
+            changed = {**obs, "saliency": torch.zeros_like(obs["saliency"])}
+            torch.testing.assert_close(agent.encode(changed), feats)
+    with pytest.raises(Exception, match="encoder_ckpt"):
+        build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(tmp_path / "missing.pt"))

@@ -203,7 +203,8 @@ class SACLoop(pl.LightningModule):
             "saliency": ((1, height, width), np.dtype(np.uint8)),
         }
         capacity = s.replay_size if s.replay_size > 0 else s.num_steps // self.world_size
-        capacity += capacity // max(1, s.env.get("episode_length", 500)) + 4 * s.num_envs + 2  # episodes' last rows
+        # rows beyond transitions: each episode's last observation, and a repeated row per stream at each shard cut
+        capacity += capacity // max(1, s.env.get("episode_length", 500)) + capacity // 100 + 4 * s.num_envs + 2
         self.replay = Replay(
             s.data_dir,
             num_streams=s.num_envs,

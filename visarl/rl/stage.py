@@ -122,7 +122,7 @@ class SACRunConfig(RunConfig):
     rows_per_shard: int = 5000
     """Rows (frames) per HDF5 replay shard."""
     data_dir: str = ""
-    """Where the replay shards go."""
+    """Where the replay shards go; default <run_dir>/replay (rl) or data/<task>/replay (collect)."""
     checkpoint_every: int = 10_000
     """Env steps between checkpoints (<run_dir>/checkpoints/last.ckpt)."""
     log_every: int = 1000
@@ -294,6 +294,7 @@ def fit_sac(
 ) -> dict[str, Any]:
     """Train ``agent`` with the SAC loop of ``cfg`` in ``ctx.run_dir``; resumes from its last checkpoint."""
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from visarl.rl.module import EnvStepCheckpoint, LoopSettings, SACLoop, clock_loader
@@ -346,6 +347,9 @@ def fit_sac(
         warnings.warn(
             "trainer.max_steps / max_epochs are ignored by the SAC loop: num_steps sets its length", stacklevel=2
         )
+    callbacks: list = [EnvStepCheckpoint(ckpt_dir, cfg.checkpoint_every)]
+    if cfg.trainer.enable_progress_bar:  # one tick per vector step: redraw every ~100 env steps, not every step
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, 100 // cfg.num_envs)))
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -355,7 +359,7 @@ def fit_sac(
         max_epochs=-1,
         max_steps=-1,
         logger=TensorBoardLogger(str(ctx.run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step),
-        callbacks=[EnvStepCheckpoint(ckpt_dir, cfg.checkpoint_every)],
+        callbacks=callbacks,
         enable_progress_bar=cfg.trainer.enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -170,7 +170,18 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     )
     ckpt_dir = ctx.run_dir / "checkpoints"
     best_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best-{epoch:04d}", monitor="val/f_max", mode="max", save_top_k=1, save_last=True
+        dirpath=ckpt_dir, filename="best-{epoch:04d}", monitor="val/f_max", mode="max", save_top_k=1
+    )
+    # Lightning 2.6's save_last=True writes last.ckpt only when a top-k checkpoint was just saved (i.e. at a new
+    # best), which would make --resume go back to the best epoch; this second callback rewrites last.ckpt every
+    # `val_every` epochs whatever the score.
+    last_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="last",
+        save_top_k=1,
+        every_n_epochs=cfg.val_every,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
     )
     t = cfg.trainer
     trainer = pl.Trainer(
@@ -186,7 +197,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         check_val_every_n_epoch=cfg.val_every,
         num_sanity_val_steps=0,
         logger=TensorBoardLogger(save_dir=str(ctx.run_dir), name="", version=""),
-        callbacks=[best_cb],
+        callbacks=[best_cb, last_cb],
         default_root_dir=str(ctx.run_dir),
         enable_model_summary=False,
     )
@@ -197,6 +208,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     train_s = time.perf_counter() - t0
+    trainer.save_checkpoint(last)  # the final state too, when epochs is not a multiple of val_every
 
     # Held-out metrics of the final weights, then of the best checkpoint (chosen on these same frames: optimistic).
     final = _validate(trainer, module, dm)
