@@ -23,6 +23,6 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "playwright>=1.40"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "playwright>=1.40", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     },
 )
