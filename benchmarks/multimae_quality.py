@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (short schedule)")
     parser.add_argument("--saliency-weight", type=float, default=1.0, help="loss weight of the saliency term")
+    parser.add_argument("--no-crop", action="store_true", help="pretrain without the RandomResizedCrop")
+    parser.add_argument("--no-raw-rgb", action="store_true", help="no raw-pixel rgb decoder (model.norm_rgb_output)")
     parser.add_argument("--visible", type=int, default=32, help="rgb tokens shown at evaluation")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--precision", default="bf16-mixed")
@@ -110,7 +112,7 @@ def main() -> None:
         f"optim.warmup_epochs={max(0.05 * args.steps / steps_per_epoch, 0.0)}", "optim.warmup_lr=1e-6",
         f"trainer.max_steps={args.steps}", f"trainer.max_epochs={epochs}", f"trainer.precision={args.precision}",
         "trainer.log_every_n_steps=20", "trainer.accelerator=auto", f"log_images_every_n_epochs={max(epochs // 4, 1)}",
-        f"loss_weights={{saliency: {args.saliency_weight}}}", "model.size=paper", *[f"model.{k}={v}" for k, v in SIZES[args.size].items()],
+        f"loss_weights={{saliency: {args.saliency_weight}}}", f"augment.crop={not args.no_crop}", f"model.norm_rgb_output={not args.no_raw_rgb}", "model.size=paper", *[f"model.{k}={v}" for k, v in SIZES[args.size].items()],
     ]  # fmt: skip
     t1 = time.perf_counter()
     summary = visarl.fit.run("conf/pretrain/tiny.yaml", overrides)
@@ -129,7 +131,7 @@ def main() -> None:
         "size": args.size, "parameters": summary["num_parameters"], "task": args.task, "data": str(data),
         "train_frames": len(dm.train_set), "held_out_frames": len(dm.val_set), "steps": summary["global_step"],
         "batch": args.batch, "peak_lr": summary["schedule"]["peak_lr"], "final_val_loss": summary["metrics"].get("val/loss"),
-        "saliency_weight": args.saliency_weight, "visible_rgb_tokens": args.visible, **result, "model_mse_all_64_rgb_tokens": all_rgb["model_mse"],
+        "saliency_weight": args.saliency_weight, "crop": not args.no_crop, "raw_rgb_decoder": not args.no_raw_rgb, "visible_rgb_tokens": args.visible, **result, "model_mse_all_64_rgb_tokens": all_rgb["model_mse"],
         "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1), "run_dir": summary["run_dir"],
     }  # fmt: skip
     print(json.dumps(report, indent=2))

@@ -41,7 +41,12 @@ IMG = 64
 
 
 def visarl_step_fn(
-    pixel: bool, batch: int, actor_every: int, autocast: torch.dtype | None, rows: int = 2000
+    pixel: bool,
+    batch: int,
+    actor_every: int,
+    autocast: torch.dtype | None,
+    encoder_dtype: torch.dtype | None = None,
+    rows: int = 2000,
 ) -> Callable[[], None]:
     torch.manual_seed(0)
     if pixel:
@@ -50,7 +55,7 @@ def visarl_step_fn(
     else:
         encoder = IdentityEncoder(STATE_DIM)
         spec = {"state": ((STATE_DIM,), np.dtype(np.float32))}
-    agent = SACAgent(encoder, A)  # paper heads: Linear -> 100 + LayerNorm + tanh, 3 x 1024
+    agent = SACAgent(encoder, A, encoder_dtype=encoder_dtype)  # paper heads: Linear -> 100 + LayerNorm + tanh, 3 x 1024
     opts = make_optimizers(agent)
     buf = ReplayBuffer(rows + 1, spec, A)
     rng = np.random.default_rng(0)
@@ -171,7 +176,7 @@ def rate(fn: Callable[[], None], updates: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
-    parser.add_argument("--updates", type=int, default=8, help="pixel updates per method per round (x8 for state)")
+    parser.add_argument("--updates", type=int, default=6, help="pixel updates per method per round (x3 for state)")
     parser.add_argument("--bf16", action="store_true", help="also time visarl with bf16 autocast")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -179,7 +184,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results: dict[str, float] = {}
-    for case, pixel, batch, updates in (("state", False, 256, 8 * args.updates), ("pixel", True, 128, args.updates)):
+    for case, pixel, batch, updates in (("state", False, 256, 3 * args.updates), ("pixel", True, 128, args.updates)):
         methods = {
             f"{case}/visarl": visarl_step_fn(pixel, batch, 2, None),
             f"{case}/visarl_actor_every_step": visarl_step_fn(pixel, batch, 1, None),
@@ -187,6 +192,8 @@ def main() -> None:
         }
         if args.bf16:
             methods[f"{case}/visarl_bf16"] = visarl_step_fn(pixel, batch, 2, torch.bfloat16)
+            if pixel:
+                methods[f"{case}/visarl_bf16_encoder"] = visarl_step_fn(pixel, batch, 2, None, torch.bfloat16)
         for fn in methods.values():  # warm-up: allocator, oneDNN kernels, Adam state
             rate(fn, 2)
         rates: dict[str, list[float]] = {k: [] for k in methods}

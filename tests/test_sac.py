@@ -386,6 +386,25 @@ def test_update_without_dtype_inherits_the_callers_autocast():
     assert seen[0] == torch.bfloat16 and seen[-1] == torch.float32
 
 
+def test_encoder_only_autocast_keeps_heads_fp32():
+    agent = cnn_agent(encoder_dtype=torch.bfloat16)
+    conv_out, trunk_out = [], []
+    agent.encoder.convs.register_forward_hook(lambda mod, inp, out: conv_out.append(out.dtype))
+    agent.critic.q1.trunk.register_forward_hook(lambda mod, inp, out: trunk_out.append(out.dtype))
+    batch = make_batch()
+    feat = agent.encode(batch.obs)
+    assert conv_out[-1] == torch.bfloat16 and feat.dtype == torch.float32
+    q1, _ = agent.critic(feat, batch.action)
+    assert trunk_out[-1] == torch.float32 and q1.dtype == torch.float32
+    metrics = agent.update(batch, make_optimizers(agent), step=0)
+    assert all(torch.isfinite(v) for v in metrics.values())
+    assert agent.encoder_target is not None and conv_out.count(torch.bfloat16) >= 3  # obs, next obs (online, target)
+    # close to the fp32 features: bf16 keeps ~3 significant digits
+    fp32 = cnn_agent()
+    fp32.load_state_dict(agent.state_dict())
+    torch.testing.assert_close(agent.encode(batch.obs), fp32.encode(batch.obs), rtol=0.05, atol=0.02)
+
+
 def test_same_seed_same_actions_and_losses():
     def run(seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         agent = cnn_agent(seed)

@@ -177,6 +177,10 @@ def test_stage_end_to_end(annotations, tmp_path) -> None:
     assert export.read_bytes() == (run_dir / "picanet.pt").read_bytes()
     net = load_picanet(export)
     assert isinstance(net, PiCANet) and not net.training
+    from_ckpt = load_picanet(best[0])  # the Lightning checkpoint itself loads too (weights_only)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(from_ckpt(x).final, net(x).final)
 
     # Metrics and images in TensorBoard; the summary's numbers are held-out metrics in range.
     scalars, images = _scalars(run_dir)

@@ -164,12 +164,9 @@ class MultiMAEModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._last_batch_end = None  # the pause for validation is not training throughput
-        n = self.log_images_every_n_epochs
-        epoch, last = (
-            self.current_epoch,
-            self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs,
-        )
-        if n <= 0 or self._viz_batch is None or not (epoch % n == 0 or last) or self.global_rank != 0:
+        n, epoch, max_epochs = self.log_images_every_n_epochs, self.current_epoch, self.trainer.max_epochs
+        due = n > 0 and (epoch % n == 0 or (max_epochs is not None and epoch + 1 >= max_epochs))
+        if not due or self._viz_batch is None or self.global_rank != 0:
             return
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):

@@ -183,7 +183,6 @@ class SACLoop(pl.LightningModule):
     def on_fit_start(self) -> None:
         s, rank = self.settings, self.rank
         self.envs = self._make_envs(s.num_envs)
-        source = None
         if s.saliency != "none":
             camera = self.envs.get_attr("camera_model")[0]
             n_objects = int(self.envs.get_attr("n_objects")[0])
@@ -256,6 +255,8 @@ class SACLoop(pl.LightningModule):
             random.setstate(_tuples(mine["rng_python"]))
             np.random.set_state(_numpy_state(mine["rng_numpy"]))
             torch.set_rng_state(mine["rng_torch"])
+            if self.device.type == "cuda" and mine.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(mine["rng_cuda"], self.device)
             self.np_rng = np.random.default_rng()
             self.np_rng.bit_generator.state = mine["rng_sampler"]
         else:
@@ -419,6 +420,7 @@ class SACLoop(pl.LightningModule):
             "rng_python": _lists(random.getstate()),
             "rng_numpy": _lists(np.random.get_state()),
             "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "rng_sampler": self.np_rng.bit_generator.state,
         }
         checkpoint["visarl"] = {

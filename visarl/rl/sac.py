@@ -70,6 +70,7 @@ class SACAgent(nn.Module):
 
     Widths are numbers so tests can use narrow heads; the defaults are the paper's (Appendix F).
     ``target_entropy`` defaults to -|A|; the temperature starts at ``init_temperature`` (0.1, as SAC-AE).
+    ``encoder_dtype`` (e.g. ``torch.bfloat16``) autocasts the encoder alone; heads, losses and optimizers stay fp32.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class SACAgent(nn.Module):
         init_temperature: float = 0.1,
         target_entropy: float | None = None,
         log_std_bounds: tuple[float, float] = (-10.0, 2.0),
+        encoder_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -98,6 +100,16 @@ class SACAgent(nn.Module):
         # encoders are their own target.
         self.encoder_target = copy.deepcopy(encoder).requires_grad_(False) if is_trainable(encoder) else None
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
+        # Autocast for the encoder alone (e.g. bf16): the convs are ~90% of a pixel update, while Q-values,
+        # log-probs, losses and the optimizer stay fp32 (bf16 Q-values near 1000 would be +-4 apart).
+        self.encoder_dtype = encoder_dtype
+
+    def _run_encoder(self, encoder: nn.Module, obs: Mapping[str, Tensor]) -> Tensor:
+        if self.encoder_dtype is None:
+            return encoder(obs)
+        device_type = next(iter(obs.values())).device.type
+        with torch.autocast(device_type, dtype=self.encoder_dtype):
+            return encoder(obs).float()
 
     @property
     def alpha(self) -> Tensor:
@@ -105,15 +117,18 @@ class SACAgent(nn.Module):
 
     def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
         """Features [B, repr_dim] from the online encoder (with grad for a trainable encoder)."""
-        return self.encoder(obs)
+        return self._run_encoder(self.encoder, obs)
 
     @torch.no_grad()
     def td_target(self, batch: TransitionBatch) -> Tensor:
         """The soft TD target [B] (fp32) for ``batch``, with a freshly sampled next action."""
         # The policy picks a' from the online encoder's features (it was trained on those); the target
         # critic scores it on the target encoder's features, as in SAC-AE / DrQ.
-        next_feat = self.encoder(batch.next_obs)
-        next_feat_target = next_feat if self.encoder_target is None else self.encoder_target(batch.next_obs)
+        next_feat = self._run_encoder(self.encoder, batch.next_obs)
+        if self.encoder_target is None:
+            next_feat_target = next_feat
+        else:
+            next_feat_target = self._run_encoder(self.encoder_target, batch.next_obs)
         next_action, next_log_prob = self.actor(next_feat).rsample_with_log_prob()
         next_q1, next_q2 = self.critic_target(next_feat_target, next_action)
         return soft_td_target(
@@ -186,7 +201,7 @@ class SACAgent(nn.Module):
     @torch.no_grad()
     def act(self, obs: Mapping[str, Tensor], deterministic: bool = False) -> Tensor:
         """Actions [B, A] in [-1, 1]: the squashed mean if ``deterministic`` (evaluation), else a sample."""
-        dist = self.actor(self.encoder(obs))
+        dist = self.actor(self.encode(obs))
         return dist.mean if deterministic else dist.sample()
 
     def update(

@@ -434,7 +434,8 @@ def save_picanet(model: PiCANet, path: str | Path) -> Path:
 
 
 def load_picanet(path: str | Path, map_location: str | torch.device = "cpu") -> PiCANet:
-    """Rebuild a :class:`PiCANet` from :func:`save_picanet`'s file, in eval mode.
+    """Rebuild a :class:`PiCANet` from :func:`save_picanet`'s file (or a saliency-stage Lightning checkpoint),
+    in eval mode.
 
     Raises ``ValueError`` naming ``path`` for anything else (a missing file, a pickle that needs arbitrary code,
     another format, weights that do not fit the stated hyperparameters).
@@ -446,6 +447,10 @@ def load_picanet(path: str | Path, map_location: str | torch.device = "cpu") -> 
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a visarl PiCANet weights file (cannot be read as plain tensors: {e})") from e
+    if isinstance(blob, dict) and "net_hparams" in (blob.get("hyper_parameters") or {}):
+        # A Lightning checkpoint of the saliency stage's SaliencyModule: the net's weights are under "net.".
+        state = {k.removeprefix("net."): v for k, v in blob.get("state_dict", {}).items() if k.startswith("net.")}
+        blob = {"format": WEIGHTS_FORMAT, "hparams": blob["hyper_parameters"]["net_hparams"], "state_dict": state}
     if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
         what = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise ValueError(f"{path}: not a visarl PiCANet weights file (format {what!r}, expected {WEIGHTS_FORMAT!r})")
