@@ -23,6 +23,17 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "playwright>=1.40", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+        # Peers that benchmarks/sac_updates.py and learn_reach.py compare against; not needed to use visarl.
+        "bench": ["stable-baselines3>=2.3"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "playwright>=1.40",
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.29",
+        ],
     },
 )

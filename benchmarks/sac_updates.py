@@ -1,19 +1,24 @@
 """Gradient updates per second: visarl's SAC against Stable-Baselines3's SAC, same networks, same CPU, one run.
 
-    python benchmarks/sac_updates.py [--rounds 5] [--updates 8] [--bf16]
+    python benchmarks/sac_updates.py [--rounds 3] [--updates 5] [--threads 1] [--no-bf16]
 
 Two cases, as in issue 3:
 
 - state: 39-d Meta-World state, heads of 3x1024 hidden units, batch 256;
 - pixel: the paper's CNN (11 conv layers of 32 filters, 64x64x3 -> 32x12x12) with Linear(4608 -> 100) +
-  LayerNorm + tanh and heads of 3x1024, batch 128. SB3 gets the same CNN and projection as a custom features
-  extractor shared by actor and critics (``share_features_extractor=True``, its fastest equivalent: one encoder
-  instead of three), net_arch [1024] * 3.
+  LayerNorm + tanh and heads of 3x1024, batch 128. SB3 gets the same CNN (channels-last, like visarl's) and
+  projection as a custom features extractor shared by actor and critic (``share_features_extractor=True``, its
+  fastest setting; its critic target keeps its own copy), net_arch [1024] * 3.
 
 Each update includes drawing the batch from the algorithm's own replay (filled with random data). visarl runs its
-defaults (fp32; actor and temperature every 2nd update as the paper's SAC-AE settings); the "actor every step"
-row is the like-for-like schedule of SB3's SAC. The machine is shared, so methods are interleaved in rounds
-and the medians are reported. Last line: ``sac_update_speedup_vs_sb3: X`` (pixel case, visarl default / SB3).
+defaults (fp32; actor and temperature every 2nd update, the paper's SAC-AE settings); the "actor every step" row
+is SB3's schedule. Per update SB3 runs the CNN forward 4 times and backward once, visarl 3 and 1, so at equal
+kernel speed fp32 tops out near 1.2-1.5x. Extra rows (skip with --no-bf16): ``visarl_bf16`` (all under bf16
+autocast, as ``trainer.precision=bf16-mixed``) and ``visarl_bf16_encoder`` (the CNN alone,
+``encoder_precision: bf16``; heads, losses, optimizer fp32). torch.compile was measured and left out: no gain over
+oneDNN's convs on this CPU (0.84 vs 0.90 updates/s fp32, 1.66 vs 1.67 bf16) for ~45 s of compilation.
+The machine is shared, so methods are interleaved in rounds and medians reported. Last line:
+``sac_update_speedup_vs_sb3: X`` (pixel case, visarl's default fp32 / SB3).
 """
 
 from __future__ import annotations
@@ -175,10 +180,12 @@ def rate(fn: Callable[[], None], updates: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
-    parser.add_argument("--updates", type=int, default=6, help="pixel updates per method per round (x3 for state)")
-    parser.add_argument("--bf16", action="store_true", help="also time visarl with bf16 autocast")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--updates", type=int, default=5, help="pixel updates per method per round (x3 for state)")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip visarl's bf16 rows")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is steadiest on a shared CPU"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

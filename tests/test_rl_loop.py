@@ -289,7 +289,7 @@ def test_rl_config_errors_name_the_keys():
 
 def test_mmae_encoder_from_checkpoint(tmp_path):
     """encoder: mmae loads a MultiMAE checkpoint as a frozen encoder; modalities [rgb] is the pretrain-only row."""
-    from visarl.config import build
+    from visarl.config import ConfigError, build
     from visarl.mae import build_multimae, save_checkpoint
     from visarl.rl.encoders import is_trainable
     from visarl.rl.stage import RLConfig, build_agent
@@ -322,8 +322,14 @@ def test_mmae_encoder_from_checkpoint(tmp_path):
         if keys == ("rgb",):  # saliency is ignored by the pretrain-only variant
             changed = {**obs, "saliency": torch.zeros_like(obs["saliency"])}
             torch.testing.assert_close(agent.encode(changed), feats)
-    with pytest.raises(Exception, match="encoder_ckpt"):
+    # variant rgb without modalities on a rgb+saliency checkpoint: rgb alone, like the pretrain-only row
+    assert build_agent(cfg, "mmae", "rgb", encoder_ckpt=str(ckpt)).obs_keys == ("rgb",)
+    with pytest.raises(ConfigError, match="encoder_ckpt"):
         build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(tmp_path / "missing.pt"))
+    rgb_only = tmp_path / "rgb.pt"
+    save_checkpoint(build_multimae("tiny", ("rgb",), image_size=32), rgb_only)
+    with pytest.raises(ConfigError, match="encoder_ckpt"):  # the checkpoint has no saliency input
+        build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(rgb_only))
 
 
 @pytest.mark.slow

@@ -238,13 +238,14 @@ def build_agent(
     else:
         from visarl.mae import load_encoder
 
+        # the RL-time inputs: the given modalities, else the variant's (a checkpoint lacking one is an error)
+        inputs = tuple(modalities) or PIXEL_VARIANTS[variant].obs_keys
         try:
-            module = load_encoder(encoder_ckpt, tuple(modalities) or None, pooling)
+            module = load_encoder(encoder_ckpt, inputs, pooling)
         except ValueError as e:
             raise ConfigError(f"encoder_ckpt: {e}") from e
         enc = make_encoder("frozen", variant, shapes, module=module, out_dim=module.out_dim)
-        if modalities:
-            enc.obs_keys = tuple(modalities)
+        enc.obs_keys = inputs
     s = cfg.sac
     return SACAgent(
         enc,

@@ -208,7 +208,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     train_s = time.perf_counter() - t0
-    trainer.save_checkpoint(last)  # the final state too, when epochs is not a multiple of val_every
+    trainer.save_checkpoint(last, weights_only=False)  # the final state too, when epochs % val_every != 0
 
     # Held-out metrics of the final weights, then of the best checkpoint (chosen on these same frames: optimistic).
     final = _validate(trainer, module, dm)
