@@ -187,6 +187,12 @@ def test_ddp_two_cpu_processes_stay_in_sync(data):
     np.testing.assert_allclose(fp[0], [p.detach().double().sum().item() for p in saved.parameters()], rtol=1e-12)
 
 
+def test_ddp_from_python_is_refused_with_advice(data):
+    # Lightning would start the second rank by re-running this process's command line (pytest here)
+    with pytest.raises(ConfigError, match="python -m visarl.fit"):
+        tiny_run(data, "ddp_py", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu")
+
+
 # ---------------------------------------------------------------- module pieces
 
 

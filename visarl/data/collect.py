@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from visarl.config import ConfigError, choice, to_yaml
-from visarl.data.shards import ShardWriter, list_shards, summarize
+from visarl.data.shards import ShardWriter, list_shards, producer_attrs, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
 from visarl.registry import RunContext, register_stage
 from visarl.rl.stage import EvalConfig, SACRunConfig, build_agent, fit_sac
@@ -73,13 +73,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         print(f"collect: nothing left to do, {done_steps} steps already in {data_dir}")
         return summarize(data_dir)
 
-    attrs = {
-        "task": cfg.env.task,
-        "camera": cfg.env.camera,
-        "image_size": cfg.env.image_size,
-        "action_repeat": cfg.env.action_repeat,
-        "config": to_yaml(cfg),
-    }
+    attrs = producer_attrs(cfg.env, to_yaml(cfg))
     # A resumed run seeds its envs differently, so it does not replay the episodes it already wrote.
     seed = cfg.seed + 1000 * (done_steps > 0) * (1 + done_steps)
     envs = make_vector_env(cfg.num_envs, seed=seed, asynchronous=cfg.async_envs, **env_kwargs(cfg.env))
@@ -152,13 +146,7 @@ def _collect_sac_state(cfg: CollectConfig, ctx: RunContext, data_dir: Path) -> d
             f"data_dir {data_dir} already holds {len(list_shards(data_dir))} shards; "
             "pass append=true to add to them or data_dir=<another folder>"
         )
-    attrs = {
-        "task": cfg.env.task,
-        "camera": cfg.env.camera,
-        "image_size": cfg.env.image_size,
-        "action_repeat": cfg.env.action_repeat,
-        "config": to_yaml(cfg),
-    }
+    attrs = producer_attrs(cfg.env, to_yaml(cfg))
     agent = build_agent(cfg, "identity", "")  # the 39-d state: SAC learns the task fast, frames are only stored
     t0 = time.perf_counter()
     result = fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs)

@@ -72,6 +72,18 @@ random rows then cost a numpy gather (~270k frames/s measured for 64x64 frames) 
 the best per-row read of chunks of 1 row and ~1k frames/s for h5py's list indexing of chunked data."""
 
 
+def producer_attrs(env: Any, config_yaml: str) -> dict[str, Any]:
+    """The provenance attributes a collecting run gives its shards: the env's task, camera, image size and
+    action repeat (any object with those fields, e.g. ``visarl.envs.EnvConfig``) and the producing config."""
+    return {
+        "task": env.task,
+        "camera": env.camera,
+        "image_size": env.image_size,
+        "action_repeat": env.action_repeat,
+        "config": config_yaml,
+    }
+
+
 class ShardError(ValueError):
     """A file is not a valid, complete visarl shard; the message names the file."""
 

@@ -16,7 +16,6 @@ saliency maps the ``label`` stage added) of ``data/<task>/replay`` and writes, i
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +66,8 @@ class ModelConfig:
     """Attention kernel: True F.scaled_dot_product_attention, False softmax(QK^T)V; None: fused on GPU, eager on CPU
     (eager measured faster under bf16 on the 2-core CPU, see benchmarks/multimae_speed.py)."""
     compile: bool = False
-    """torch.compile the encoder and decoders (about 10% faster steps on CPU after ~80 s of compiling)."""
+    """torch.compile the encoder and decoders: on the 2-core CPU 3% (batch 128) to 10% (batch 64) faster steps
+    after ~100 s of compiling; worth it only for long runs."""
 
     def __post_init__(self) -> None:
         choice("model.size", self.size, list(MODEL_SIZES))
@@ -238,23 +238,27 @@ def build_datamodule(cfg: PretrainConfig) -> Any:
     return dm
 
 
-def _prepare_ddp_launch(cfg: PretrainConfig, run_dir: Path) -> None:
-    """Make Lightning's ``ddp`` children reopen this run.
+def _prepare_ddp_launch(trainer: Any, run_dir: Path) -> None:
+    """Make the ranks that Lightning starts by re-running the command line reopen this run.
 
-    Lightning starts ranks > 0 by re-running ``python -m visarl.fit <argv>``; with the original argv each child
-    would create a run directory of its own (or refuse an existing one). ``--resume <run_dir>`` makes them load
-    this run's saved config instead (and resume from the same checkpoint as rank 0, if any).
+    Lightning's ``ddp`` (also what ``strategy: auto`` picks for several GPUs) starts ranks > 0 by re-running
+    ``python -m visarl.fit <argv>``; with the original argv each would create a run directory of its own (or refuse
+    an existing one). ``--resume <run_dir>`` makes them load this run's saved config instead, and resume from the same
+    checkpoint as rank 0 if there is one. Ranks started by an outside launcher (torchrun, SLURM) are left alone.
     """
-    t = cfg.trainer
-    if "ddp" not in t.strategy or "spawn" in t.strategy or "fork" in t.strategy or "LOCAL_RANK" in os.environ:
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if not isinstance(launcher, _SubprocessScriptLauncher) or trainer.world_size == 1:
         return
-    if str(t.devices) in ("1", "[0]") and t.num_nodes == 1:
+    if env is not None and env.creates_processes_externally:  # a child already, or an outside launcher
         return
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is None or spec.name != "visarl.fit":
         raise ConfigError(
-            f"trainer.strategy={t.strategy} starts the other ranks by re-running the command line: launch it with "
-            "`python -m visarl.fit ...`, or use trainer.strategy=ddp_spawn from Python"
+            f"trainer.strategy={trainer.strategy.__class__.__name__} starts the other ranks by re-running the command "
+            "line: launch it with `python -m visarl.fit ...`, or use trainer.strategy=ddp_spawn from Python"
         )
     sys.argv = [sys.argv[0], "--resume", str(run_dir.resolve())]
 
@@ -334,7 +338,6 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
 
     run_dir = ctx.run_dir
     dm = build_datamodule(cfg)
-    _prepare_ddp_launch(cfg, run_dir)
     t = cfg.trainer
     callbacks = _callbacks(run_dir, dm.val_set is not None)
     record = callbacks[-1]  # (the Trainer adds callbacks of its own to the list)
@@ -342,8 +345,9 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, logger=TensorBoardLogger(str(run_dir), name="", version=""),
-        callbacks=callbacks, default_root_dir=str(run_dir), limit_val_batches=1.0 if dm.val_set is not None else 0,
+        callbacks=callbacks, default_root_dir=str(run_dir), limit_val_batches=None if dm.val_set is not None else 0,
     )  # fmt: skip
+    _prepare_ddp_launch(trainer, run_dir)
     fused = (
         cfg.model.fused_attn if cfg.model.fused_attn is not None else isinstance(trainer.accelerator, CUDAAccelerator)
     )

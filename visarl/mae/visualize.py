@@ -83,9 +83,10 @@ def reconstruction_grid(
         for m in model.modalities:
             hidden = masks[m][..., None]  # [B, N, 1]
             given = patchify(inputs[m].float(), p)
-            masked = unpatchify(torch.where(hidden, torch.full_like(given, grey), given), p)
+            shown = patchify(to_rgb(inputs[m].float()), p)  # grey patches after colouring, also for saliency
+            masked = unpatchify(torch.where(hidden, torch.full_like(shown, grey), shown), p)
             pred = prediction_pixels(model, loss_fn, m, out.preds[m], inputs)
             pasted = unpatchify(torch.where(hidden, pred, given), p)
-            columns += [to_rgb(masked), to_rgb(pasted)]
+            columns += [masked, to_rgb(pasted)]
     model.train(was_training)
     return make_grid([[col[i] for col in columns] for i in range(b)])

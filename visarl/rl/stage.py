@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.data.shards import producer_attrs
 from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import PIXEL_VARIANTS, make_encoder
@@ -404,11 +405,5 @@ def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
         cnn_filters=cfg.cnn_filters,
         encoder_precision=cfg.encoder_precision,
     )
-    attrs = {
-        "task": cfg.env.task,
-        "camera": cfg.env.camera,
-        "image_size": cfg.env.image_size,
-        "action_repeat": cfg.env.action_repeat,
-        "config": to_yaml(cfg),
-    }
+    attrs = producer_attrs(cfg.env, to_yaml(cfg))
     return fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs)
