@@ -112,13 +112,17 @@ def write_figure3(results: list[RunResult], out_dir: Path) -> Path:
     for row, (family, methods) in enumerate(panels):
         for col, task in enumerate(tasks):
             ax = axes[row, col]
+            drawn = 0
             for k, method in enumerate(methods):
                 curve = aggregate_curves(by_key.get((method, task), []))
                 if curve is None:
                     continue
+                drawn += 1
                 steps, mean, sem = curve
                 ax.plot(steps, mean, color=colors(k), label=method, lw=1.6)
                 ax.fill_between(steps, mean - sem, mean + sem, color=colors(k), alpha=0.2, lw=0)
+            if not drawn:  # say so, rather than leave an empty axis that looks like a plotting bug
+                ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="0.5")
             ax.set_title(f"{task} ({family})", fontsize=10)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
