@@ -1,6 +1,6 @@
 """Gradient updates per second: visarl's SAC against Stable-Baselines3's SAC, same networks, same CPU, one run.
 
-    python benchmarks/sac_updates.py [--rounds 3] [--updates 5] [--threads 1] [--no-bf16]
+    python benchmarks/sac_updates.py [--rounds 3] [--updates 5] [--threads 1] [--no-bf16] [--device cuda]
 
 Two cases, as in issue 3:
 
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from visarl.rl.encoders import IdentityEncoder, PixelCNN
+from visarl.rl.module import batch_to
 from visarl.rl.networks import trunk
 from visarl.rl.replay import ReplayBuffer
 from visarl.rl.sac import SACAgent, make_optimizers
@@ -52,6 +53,7 @@ def visarl_step_fn(
     autocast: torch.dtype | None,
     encoder_dtype: torch.dtype | None = None,
     rows: int = 2000,
+    device: str = "cpu",
 ) -> Callable[[], None]:
     torch.manual_seed(0)
     if pixel:
@@ -60,7 +62,8 @@ def visarl_step_fn(
     else:
         encoder = IdentityEncoder(STATE_DIM)
         spec = {"state": ((STATE_DIM,), np.dtype(np.float32))}
-    agent = SACAgent(encoder, A, encoder_dtype=encoder_dtype)  # paper heads: Linear -> 100 + LayerNorm + tanh, 3 x 1024
+    # paper heads: Linear -> 100 + LayerNorm + tanh, 3 x 1024
+    agent = SACAgent(encoder, A, encoder_dtype=encoder_dtype).to(device)
     opts = make_optimizers(agent)
     buf = ReplayBuffer(rows + 1, spec, A)
     rng = np.random.default_rng(0)
@@ -82,7 +85,8 @@ def visarl_step_fn(
     step = [0]
 
     def update() -> None:
-        agent.update(buf.sample(batch, rng), opts, step[0], actor_update_freq=actor_every, autocast_dtype=autocast)
+        sample = batch_to(buf.sample(batch, rng), torch.device(device))
+        agent.update(sample, opts, step[0], actor_update_freq=actor_every, autocast_dtype=autocast)
         step[0] += 1
 
     return update
@@ -125,7 +129,7 @@ class _DummyEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
-def sb3_step_fn(pixel: bool, batch: int, rows: int = 2000) -> Callable[[], None]:
+def sb3_step_fn(pixel: bool, batch: int, rows: int = 2000, device: str = "cpu") -> Callable[[], None]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.logger import configure
 
@@ -145,7 +149,7 @@ def sb3_step_fn(pixel: bool, batch: int, rows: int = 2000) -> Callable[[], None]
         learning_rate=1e-4,
         ent_coef="auto_0.1",
         policy_kwargs=policy_kwargs,
-        device="cpu",
+        device=device,
         seed=0,
     )
     model.set_logger(configure(None, []))
@@ -172,9 +176,12 @@ def sb3_step_fn(pixel: bool, batch: int, rows: int = 2000) -> Callable[[], None]
 
 
 def rate(fn: Callable[[], None], updates: int) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for _ in range(updates):
         fn()
+    sync()
     return updates / (time.perf_counter() - t0)
 
 
@@ -186,21 +193,25 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is steadiest on a shared CPU"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both libraries run on it)")
     args = parser.parse_args()
+    dev = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}")
     results: dict[str, float] = {}
     for case, pixel, batch, updates in (("state", False, 256, 3 * args.updates), ("pixel", True, 128, args.updates)):
         methods = {
-            f"{case}/visarl": visarl_step_fn(pixel, batch, 2, None),
-            f"{case}/visarl_actor_every_step": visarl_step_fn(pixel, batch, 1, None),
-            f"{case}/sb3": sb3_step_fn(pixel, batch),
+            f"{case}/visarl": visarl_step_fn(pixel, batch, 2, None, device=dev),
+            f"{case}/visarl_actor_every_step": visarl_step_fn(pixel, batch, 1, None, device=dev),
+            f"{case}/sb3": sb3_step_fn(pixel, batch, device=dev),
         }
         if args.bf16:
-            methods[f"{case}/visarl_bf16"] = visarl_step_fn(pixel, batch, 2, torch.bfloat16)
+            methods[f"{case}/visarl_bf16"] = visarl_step_fn(pixel, batch, 2, torch.bfloat16, device=dev)
             if pixel:
-                methods[f"{case}/visarl_bf16_encoder"] = visarl_step_fn(pixel, batch, 2, None, torch.bfloat16)
+                bf16_encoder = visarl_step_fn(pixel, batch, 2, None, torch.bfloat16, device=dev)
+                methods[f"{case}/visarl_bf16_encoder"] = bf16_encoder
         for fn in methods.values():  # warm-up: allocator, oneDNN kernels, Adam state
             rate(fn, 2)
         rates: dict[str, list[float]] = {k: [] for k in methods}

@@ -57,3 +57,22 @@ def test_pipeline_errors_name_the_step(tmp_path):
         run(_pipeline(tmp_path, missing), [f"output_dir={tmp_path}/runs", "run=b"])
     with pytest.raises(ConfigError, match="unique name"):
         run(_pipeline(tmp_path, STEPS.replace("name: more", "name: collect")), [f"output_dir={tmp_path}/runs"])
+
+
+def test_pipeline_validates_every_step_before_running_any(tmp_path):
+    typo = STEPS.replace('"append=true", "num_steps=20"', '"append=true", "num_stepz=20"')
+    assert typo != STEPS
+    with pytest.raises(ConfigError, match=r"steps\.more \(conf/collect/random_tiny\.yaml\): .*num_stepz"):
+        run(_pipeline(tmp_path, typo), [f"output_dir={tmp_path}/runs", "run=t"])
+    # Nothing ran: the first step's data and run directory were never made, and no empty pipeline run is left.
+    assert not (tmp_path / "runs" / "pipe" / "t").exists()
+
+
+def test_quickstart_pipeline_validates(tmp_path):
+    from visarl.fit import resolve
+    from visarl.pipeline import check_steps
+
+    cfg, run_dir, _ = resolve("conf/quickstart.yaml", None, [f"output_dir={tmp_path}"])
+    overrides = check_steps(cfg, run_dir)
+    assert list(overrides) == [s.name for s in cfg.steps]
+    assert all(o[-4].startswith("output_dir=") for o in overrides.values())

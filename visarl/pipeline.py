@@ -10,6 +10,10 @@ Each step names a stage config and overrides for it. Overrides may use placehold
 Every step runs as its own run under ``<pipeline run dir>/<step name>/run`` through :func:`visarl.fit.run`,
 so it gets its config.yaml, logs and checkpoints like any other run. ``pipeline_state.json`` records finished
 steps: a rerun (``--resume``) skips them and resumes the step that was interrupted from its own run directory.
+
+Before the first step runs, every step's config is built with its filled-in overrides and validated against its
+stage's schema (nothing is written), so a typo in the last step fails in a second, not after an hour of the
+steps before it.
 """
 
 from __future__ import annotations
@@ -78,35 +82,52 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-@register_stage("pipeline", PipelineConfig)
-def run_pipeline(cfg: PipelineConfig, ctx: RunContext) -> dict:
-    from visarl.fit import run as fit_run  # visarl.fit imports the registry, which imports this module
+def step_overrides(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:
+    """Each step's filled-in overrides, plus the keys that put its run at ``<run_dir>/<name>/run``."""
+    values = {"data": cfg.data_root or str(run_dir / "data"), "task": cfg.task, "run_dir": str(run_dir)}
+    out: dict[str, list[str]] = {}
+    for step in cfg.steps:
+        values[f"step:{step.name}"] = str(run_dir / step.name / "run")
+        filled = [fill(o, values, step.name) for o in step.overrides]
+        out[step.name] = filled + [f"output_dir={run_dir}", f"name={step.name}", "run=run", f"seed={cfg.seed}"]
+    return out
+
+
+def check_steps(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:
+    """Validate every step's config with its overrides (no files written); errors name the step."""
+    from visarl.fit import resolve  # visarl.fit imports the registry, which imports this module
 
     for step in cfg.steps:
         if not Path(step.config).is_file():
             raise ConfigError(f"steps.{step.name}.config: file not found: {step.config}")
+    overrides = step_overrides(cfg, run_dir)
+    for step in cfg.steps:
+        try:
+            resolve(step.config, None, overrides[step.name])
+        except ConfigError as e:
+            raise ConfigError(f"steps.{step.name} ({step.config}): {e}") from None
+    return overrides
+
+
+@register_stage("pipeline", PipelineConfig)
+def run_pipeline(cfg: PipelineConfig, ctx: RunContext) -> dict:
+    from visarl.fit import run as fit_run  # visarl.fit imports the registry, which imports this module
+
+    overrides = check_steps(cfg, ctx.run_dir)
     state_path = ctx.run_dir / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": {}}
-    values = {
-        "data": cfg.data_root or str(ctx.run_dir / "data"),
-        "task": cfg.task,
-        "run_dir": str(ctx.run_dir),
-    }
     outputs: dict[str, object] = {}
     for step in cfg.steps:
         step_dir = ctx.run_dir / step.name / "run"
-        values[f"step:{step.name}"] = str(step_dir)
         if step.name in state["done"]:
             print(f"pipeline: {step.name} already done ({step_dir}), skipping")
             continue
-        overrides = [fill(o, values, step.name) for o in step.overrides]
         t0 = time.perf_counter()
-        print(f"pipeline: {step.name}: {step.config} {' '.join(overrides)}")
+        print(f"pipeline: {step.name}: {step.config} {' '.join(overrides[step.name][:-4])}")
         if (step_dir / "config.yaml").exists():  # interrupted before: continue that run
             outputs[step.name] = fit_run(resume=str(step_dir), overrides=[])
-        else:
-            base = [f"output_dir={ctx.run_dir}", f"name={step.name}", "run=run", f"seed={cfg.seed}"]
-            outputs[step.name] = fit_run(step.config, overrides + base)  # the step's run dir is the pipeline's
+        else:  # the step's run dir is inside the pipeline's
+            outputs[step.name] = fit_run(step.config, overrides[step.name])
         state["done"][step.name] = {"run_dir": str(step_dir), "seconds": round(time.perf_counter() - t0, 1)}
         _save_state(state_path, state)
     return {"steps": state["done"], "outputs": outputs}
