@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,38 @@ def test_resume_reopens_same_dir_with_saved_values(tmp_path):
     assert CALLS[-1][1].resume is True and CALLS[-1][1].run_dir == run_dir
     with pytest.raises(ConfigError, match="already holds a run"):
         run(str(conf), [f"output_dir={tmp_path}/runs", "run=r1"])
+
+
+def test_outside_launcher_ranks_share_rank0_run_dir(tmp_path, monkeypatch):
+    """torchrun/srun start every rank with the same command: rank 0 makes the run, the others wait and share it."""
+    conf = _write(tmp_path, "stage: echo_test\n")
+    args = [f"output_dir={tmp_path}/runs", "run=shared"]
+    run_dir = tmp_path / "runs" / "echo" / "shared"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match=r"name the run \(run=NAME\)"):  # timestamps differ between ranks
+        run(str(conf), [f"output_dir={tmp_path}/runs"])
+    assert not (tmp_path / "runs").exists()
+
+    done: list = []
+    rank1 = threading.Thread(target=lambda: done.append(run(str(conf), args)))
+    rank1.start()
+    time.sleep(1.0)
+    assert rank1.is_alive() and not run_dir.exists()  # rank 1 waits for rank 0
+    monkeypatch.setenv("RANK", "0")  # (the thread reads RANK only at its start)
+    run(str(conf), args)
+    rank1.join(timeout=30)
+    assert len(done) == 1 and {c[1].run_dir for c in CALLS[-2:]} == {run_dir}
+    assert [p.name for p in (tmp_path / "runs" / "echo").iterdir()] == ["shared"]
+
+
+def test_outside_launcher_rank_refuses_a_stale_run(tmp_path):
+    from visarl.launch import wait_for_run
+
+    (tmp_path / "config.yaml").write_text("stage: echo_test\n")
+    wait_for_run(tmp_path, started=time.time())  # written just now, by this launch's rank 0
+    with pytest.raises(ConfigError, match="did not create"):  # an earlier run's config: refuse, do not hang
+        wait_for_run(tmp_path, started=time.time() + 3600, timeout=0.3, poll=0.1)
 
 
 def test_same_seed_same_random_streams(tmp_path):

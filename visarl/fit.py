@@ -15,12 +15,14 @@ import os
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from visarl.config import ConfigError, RunConfig, build, load_yaml, parse_overrides, to_yaml
+from visarl.launch import external_rank, wait_for_run
 from visarl.registry import RunContext, get_stage, known_stages
 
 
@@ -69,21 +71,41 @@ def resolve(config: str | None, resume: str | None, overrides: list[str]) -> tup
 
 
 def run(config: str | None = None, overrides: list[str] | None = None, resume: str | None = None) -> Any:
-    """Programmatic twin of the command line; returns whatever the stage's runner returns."""
-    cfg, run_dir, resuming = resolve(config, resume, list(overrides or []))
-    if not resuming:
-        if (run_dir / "config.yaml").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another run=")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, run_dir / "config.yaml")
+    """Programmatic twin of the command line; returns whatever the stage's runner returns.
+
+    Under torchrun or srun (several ranks started from outside, see :mod:`visarl.launch`) every rank runs this:
+    rank 0 creates the run directory, the others wait for it and share it.
+    """
+    started = time.time()
+    overrides = list(overrides or [])
+    rank = external_rank()
+    if rank is not None and resume is None and not any(o.startswith("run=") for o in overrides):
+        raw_run = load_yaml(config).get("run") if config else None
+        if not raw_run:
+            raise ConfigError(
+                "started as one of several ranks (torchrun/srun): name the run (run=NAME) so that every rank "
+                "uses the same run directory"
+            )
+    cfg, run_dir, resuming = resolve(config, resume, overrides)
+    if rank not in (None, 0):  # rank 0 writes config.yaml; this rank only reads the run directory
+        if not resuming:
+            wait_for_run(run_dir, started)
+    else:
+        if not resuming:
+            if (run_dir / "config.yaml").exists():
+                raise ConfigError(
+                    f"run directory {run_dir} already holds a run; use --resume {run_dir} or another run="
+                )
+            run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / "config.yaml.tmp"
+        tmp.write_text(to_yaml(cfg))
+        os.replace(tmp, run_dir / "config.yaml")
     seed_everything(cfg.seed)
     try:
         return get_stage(cfg.stage).runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
     except ConfigError:
         # A runner that rejects its input before writing anything leaves no empty run directory behind.
-        if not resuming and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
+        if not resuming and rank in (None, 0) and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
             shutil.rmtree(run_dir)
         raise
 

@@ -16,7 +16,6 @@ saliency maps the ``label`` stage added) of ``data/<task>/replay`` and writes, i
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice
+from visarl.launch import prepare_ddp_launch
 from visarl.mae.augment import PairedRandomResizedCrop
 from visarl.mae.frozen import save_checkpoint
 from visarl.mae.loss import WeightedMSE
@@ -238,31 +238,6 @@ def build_datamodule(cfg: PretrainConfig) -> Any:
     return dm
 
 
-def _prepare_ddp_launch(trainer: Any, run_dir: Path) -> None:
-    """Make the ranks that Lightning starts by re-running the command line reopen this run.
-
-    Lightning's ``ddp`` (also what ``strategy: auto`` picks for several GPUs) starts ranks > 0 by re-running
-    ``python -m visarl.fit <argv>``; with the original argv each would create a run directory of its own (or refuse
-    an existing one). ``--resume <run_dir>`` makes them load this run's saved config instead, and resume from the same
-    checkpoint as rank 0 if there is one. Ranks started by an outside launcher (torchrun, SLURM) are left alone.
-    """
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    launcher = getattr(trainer.strategy, "launcher", None)
-    env = getattr(trainer.strategy, "cluster_environment", None)
-    if not isinstance(launcher, _SubprocessScriptLauncher) or trainer.world_size == 1:
-        return
-    if env is not None and env.creates_processes_externally:  # a child already, or an outside launcher
-        return
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is None or spec.name != "visarl.fit":
-        raise ConfigError(
-            f"trainer.strategy={trainer.strategy.__class__.__name__} starts the other ranks by re-running the command "
-            "line: launch it with `python -m visarl.fit ...`, or use trainer.strategy=ddp_spawn from Python"
-        )
-    sys.argv = [sys.argv[0], "--resume", str(run_dir.resolve())]
-
-
 def _fingerprint(model: torch.nn.Module) -> torch.Tensor:
     """Per-parameter sums in float64, ``[num_parameter_tensors]``: equal across ranks iff (practically) in sync."""
     return torch.stack([p.detach().double().sum() for p in model.parameters()])
@@ -347,7 +322,7 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
         enable_progress_bar=t.enable_progress_bar, logger=TensorBoardLogger(str(run_dir), name="", version=""),
         callbacks=callbacks, default_root_dir=str(run_dir), limit_val_batches=None if dm.val_set is not None else 0,
     )  # fmt: skip
-    _prepare_ddp_launch(trainer, run_dir)
+    prepare_ddp_launch(trainer, run_dir)
     fused = (
         cfg.model.fused_attn if cfg.model.fused_attn is not None else isinstance(trainer.accelerator, CUDAAccelerator)
     )

@@ -10,8 +10,6 @@ replay, written to shards with rendered frames, becomes the pretraining dataset.
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
 from visarl.data.shards import producer_attrs
 from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
+from visarl.launch import prepare_ddp_launch
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import PIXEL_VARIANTS, make_encoder
 from visarl.rl.replay import safe_prefix
@@ -273,25 +272,6 @@ def _strategy(cfg: SACRunConfig) -> Any:
     return strategy
 
 
-def _relaunch_as_resume(cfg: SACRunConfig, run_dir: Path) -> None:
-    """Make Lightning's DDP launcher start the other ranks on THIS run directory.
-
-    Lightning starts ranks > 0 by re-running the command line; a fresh ``--config`` command would make each
-    rank a run directory of its own (and refuse an existing one), so the command becomes ``--resume <run_dir>``.
-    A rank finds no checkpoint there unless rank 0 was itself resuming, so both start from the same state.
-    """
-    import __main__
-
-    spec = getattr(__main__, "__spec__", None)
-    if spec is None or spec.name != "visarl.fit":
-        raise ConfigError(
-            "trainer.strategy: ddp starts its ranks by re-running the command line: "
-            "launch it as `python -m visarl.fit --config ...`"
-        )
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        sys.argv = [sys.argv[0], "--resume", str(run_dir)]
-
-
 def fit_sac(
     cfg: SACRunConfig,
     ctx: RunContext,
@@ -349,8 +329,6 @@ def fit_sac(
     elif ctx.resume:
         purge_step = 0  # killed before its first checkpoint: it starts over
     strategy = _strategy(cfg)
-    if not isinstance(strategy, str):
-        _relaunch_as_resume(cfg, ctx.run_dir)
     if cfg.trainer.max_steps != -1 or cfg.trainer.max_epochs is not None:
         warnings.warn(
             "trainer.max_steps / max_epochs are ignored by the SAC loop: num_steps sets its length", stacklevel=2
@@ -375,6 +353,7 @@ def fit_sac(
         use_distributed_sampler=False,
         default_root_dir=str(ctx.run_dir),
     )
+    prepare_ddp_launch(trainer, ctx.run_dir)
     threads = torch.get_num_threads()
     with warnings.catch_warnings():
         # an endless clock needs no workers, and its epoch never ends

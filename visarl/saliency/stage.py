@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from visarl.config import ConfigError, RunConfig, choice
+from visarl.launch import prepare_ddp_launch
 from visarl.registry import RunContext, register_stage
 from visarl.saliency.data import default_annotations, default_weights
 
@@ -201,6 +202,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         default_root_dir=str(ctx.run_dir),
         enable_model_summary=False,
     )
+    prepare_ddp_launch(trainer, ctx.run_dir)
     last = ckpt_dir / "last.ckpt"
     resume_from = str(last) if ctx.resume and last.is_file() else None
     if ctx.resume and resume_from is None:
