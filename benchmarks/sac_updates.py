@@ -10,15 +10,17 @@ Two cases, as in issue 3:
   projection as a custom features extractor shared by actor and critic (``share_features_extractor=True``, its
   fastest setting; its critic target keeps its own copy), net_arch [1024] * 3.
 
-Each update includes drawing the batch from the algorithm's own replay (filled with random data). visarl runs its
-defaults (fp32; actor and temperature every 2nd update, the paper's SAC-AE settings); the "actor every step" row
-is SB3's schedule. Per update SB3 runs the CNN forward 4 times and backward once, visarl 3 and 1, so at equal
-kernel speed fp32 tops out near 1.2-1.5x. Extra rows (skip with --no-bf16): ``visarl_bf16`` (all under bf16
-autocast, as ``trainer.precision=bf16-mixed``) and ``visarl_bf16_encoder`` (the CNN alone,
-``encoder_precision: bf16``; heads, losses, optimizer fp32). torch.compile was measured and left out: no gain over
-oneDNN's convs on this CPU (0.84 vs 0.90 updates/s fp32, 1.66 vs 1.67 bf16) for ~45 s of compilation.
+Each update includes drawing the batch from the algorithm's own replay (filled with random data). ``visarl`` is its
+default: actor and temperature every 2nd update (the paper's SAC-AE settings) and ``encoder_precision: auto``, which
+autocasts the CNN alone to bf16 where bf16 convolutions are native (this CPU: AVX512-BF16; heads, losses and
+optimizer stay fp32; ``benchmarks/bf16_reach.py`` compares what it learns with fp32). Other rows:
+``visarl_fp32`` (the CNN in fp32 too), ``visarl_actor_every_step`` (SB3's schedule, fp32) and ``visarl_bf16`` (all
+under bf16 autocast, as ``trainer.precision=bf16-mixed``). Per update SB3 runs the CNN forward 4 times and backward
+once, visarl 3 and 1, so at equal kernel speed fp32 tops out near 1.2-1.5x. torch.compile was measured and left
+out: no gain over oneDNN's convs on this CPU (0.84 vs 0.90 updates/s fp32, 1.66 vs 1.67 bf16) for ~45 s of
+compilation.
 The machine is shared, so methods are interleaved in rounds and medians reported. Last line:
-``sac_update_speedup_vs_sb3: X`` (pixel case, visarl's default fp32 / SB3).
+``sac_update_speedup_vs_sb3: X`` (pixel case, visarl's default / SB3).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from visarl.rl.module import batch_to
 from visarl.rl.networks import trunk
 from visarl.rl.replay import ReplayBuffer
 from visarl.rl.sac import SACAgent, make_optimizers
+from visarl.rl.stage import native_bf16
 
 A = 4
 STATE_DIM = 39
@@ -189,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--updates", type=int, default=5, help="pixel updates per method per round (x3 for state)")
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip visarl's bf16 rows")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the all-bf16 row")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is steadiest on a shared CPU"
     )
@@ -200,18 +203,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     where = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}")
+    # visarl's default encoder_precision ('auto'): bf16 for the CNN where bf16 convolutions are native
+    default_dtype = torch.bfloat16 if native_bf16("cuda" if dev.startswith("cuda") else "cpu") else None
+    print(f"visarl's default encoder precision here: {'bf16' if default_dtype else 'fp32'} (encoder_precision: auto)")
     results: dict[str, float] = {}
     for case, pixel, batch, updates in (("state", False, 256, 3 * args.updates), ("pixel", True, 128, args.updates)):
         methods = {
-            f"{case}/visarl": visarl_step_fn(pixel, batch, 2, None, device=dev),
+            f"{case}/visarl": visarl_step_fn(pixel, batch, 2, None, default_dtype if pixel else None, device=dev),
+            f"{case}/visarl_fp32": visarl_step_fn(pixel, batch, 2, None, device=dev),
             f"{case}/visarl_actor_every_step": visarl_step_fn(pixel, batch, 1, None, device=dev),
             f"{case}/sb3": sb3_step_fn(pixel, batch, device=dev),
         }
+        if not pixel or default_dtype is None:
+            del methods[f"{case}/visarl_fp32"]  # the same as the default row
         if args.bf16:
             methods[f"{case}/visarl_bf16"] = visarl_step_fn(pixel, batch, 2, torch.bfloat16, device=dev)
-            if pixel:
-                bf16_encoder = visarl_step_fn(pixel, batch, 2, None, torch.bfloat16, device=dev)
-                methods[f"{case}/visarl_bf16_encoder"] = bf16_encoder
         for fn in methods.values():  # warm-up: allocator, oneDNN kernels, Adam state
             rate(fn, 2)
         rates: dict[str, list[float]] = {k: [] for k in methods}

@@ -260,7 +260,7 @@ def test_sigkill_then_resume_continues_from_checkpoint(tmp_path):
 # ---------------------------------------------------------------- config
 
 
-def test_rl_config_errors_name_the_keys():
+def test_rl_config_errors_name_the_keys(monkeypatch):
     from visarl.config import ConfigError, build
     from visarl.rl.stage import RLConfig, build_agent
 
@@ -285,6 +285,17 @@ def test_rl_config_errors_name_the_keys():
     cfg = build(RLConfig, {**small, "encoder_precision": "bf16"})
     agent = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision=cfg.encoder_precision)
     assert agent.encoder_dtype == torch.bfloat16 and build_agent(cfg, "cnn", "rgb", cnn_layers=2).encoder_dtype is None
+    # 'auto' (the default): bf16 for the CNN only where bf16 convolutions are native; never for the state
+    import visarl.rl.stage as rl_stage
+
+    cfg = build(RLConfig, small)
+    assert cfg.encoder_precision == "auto"
+    for native, dtype in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(rl_stage, "native_bf16", lambda accelerator, native=native: native)
+        agent = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision="auto")
+        assert agent.encoder_dtype == dtype
+        assert build_agent(cfg, "identity", "rgb", encoder_precision="auto").encoder_dtype is None
+    assert rl_stage.native_bf16("mps") is False
 
 
 def test_mmae_encoder_from_checkpoint(tmp_path):

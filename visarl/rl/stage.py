@@ -172,9 +172,11 @@ class RLConfig(SACRunConfig):
     """Conv layers of the CNN (Appendix F: 11)."""
     cnn_filters: int = 32
     """Filters per conv layer (Appendix F: 32)."""
-    encoder_precision: str = "32"
-    """'bf16' autocasts the encoder alone (heads, losses, optimizer stay fp32): 1.9x faster paper-CNN updates on
-    this CPU (benchmarks/sac_updates.py). Off by default until learning curves on reach confirm it changes nothing."""
+    encoder_precision: str = "auto"
+    """'bf16' autocasts the encoder alone (heads, losses, optimizer stay fp32); '32' keeps it fp32. 'auto' is bf16
+    for the paper's CNN where bf16 convolutions are native (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
+    else fp32: on this project's CPU it makes paper-CNN updates 1.7x faster (benchmarks/sac_updates.py), and
+    benchmarks/bf16_reach.py shows it moves what SAC learns on reach far less than a change of seed does."""
 
     def __post_init__(self) -> None:
         self._check_loop()
@@ -189,7 +191,7 @@ class RLConfig(SACRunConfig):
             if bad:
                 raise ConfigError(f"modalities: {bad} are not inputs of variant {self.variant!r}")
             choice("pooling", self.pooling, ["mean", "global"])
-        choice("encoder_precision", self.encoder_precision, ["32", "bf16"])
+        choice("encoder_precision", self.encoder_precision, ["auto", "32", "bf16"])
         if self.cnn_layers < 1 or self.cnn_filters < 1:
             raise ConfigError("cnn_layers and cnn_filters must be >= 1")
         if self.needs_saliency and self.saliency == "none":
@@ -215,6 +217,17 @@ class RLConfig(SACRunConfig):
 # building and running
 
 
+def native_bf16(accelerator: str) -> bool:
+    """Whether the device Lightning will pick for ``accelerator`` runs bf16 convolutions natively (fast)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if accelerator not in ("auto", "cpu"):
+        return False  # mps, tpu, ...: keep fp32
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but stable since torch 2.1
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
 def build_agent(
     cfg: SACRunConfig,
     encoder: str,
@@ -228,6 +241,9 @@ def build_agent(
     encoder_precision: str = "32",
 ) -> SACAgent:
     """The SAC agent of a config (observation shapes from ``cfg.env``)."""
+
+    if encoder_precision == "auto":
+        encoder_precision = "bf16" if encoder == "cnn" and native_bf16(cfg.trainer.accelerator) else "32"
 
     size = cfg.env.image_size
     shapes = {"rgb": (3, size, size), "saliency": (1, size, size), "state": (STATE_DIM,)}
@@ -384,5 +400,8 @@ def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
         cnn_filters=cfg.cnn_filters,
         encoder_precision=cfg.encoder_precision,
     )
+    if cfg.encoder != "identity":
+        chosen = "bf16" if agent.encoder_dtype == torch.bfloat16 else "32"
+        print(f"rl: encoder precision {chosen}" + (" (auto)" if cfg.encoder_precision == "auto" else ""))
     attrs = producer_attrs(cfg.env, to_yaml(cfg))
     return fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs)
