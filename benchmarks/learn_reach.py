@@ -77,6 +77,7 @@ def run_visarl(args: argparse.Namespace, seed: int, out: Path) -> tuple[float, f
 def run_sb3(args: argparse.Namespace, seed: int) -> tuple[float, float]:
     import gymnasium as gym
     from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
 
     from visarl.envs import make_env
 
@@ -107,6 +108,7 @@ def run_sb3(args: argparse.Namespace, seed: int) -> tuple[float, float]:
         seed=seed,
         device="cpu",
     )
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger makes a /tmp/SB3-* dir
     model.learn(total_timesteps=args.budget, progress_bar=False)
     env.close()
 

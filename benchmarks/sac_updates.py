@@ -134,7 +134,7 @@ class _DummyEnv(gym.Env):
 
 def sb3_step_fn(pixel: bool, batch: int, rows: int = 2000, device: str = "cpu") -> Callable[[], None]:
     from stable_baselines3 import SAC
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import Logger
 
     torch.manual_seed(0)
     policy_kwargs: dict = {"net_arch": [1024, 1024, 1024]}
@@ -155,7 +155,7 @@ def sb3_step_fn(pixel: bool, batch: int, rows: int = 2000, device: str = "cpu") 
         device=device,
         seed=0,
     )
-    model.set_logger(configure(None, []))
+    model.set_logger(Logger(folder=None, output_formats=[]))  # configure() would litter /tmp with SB3-* dirs
     rb = model.replay_buffer
     rng = np.random.default_rng(0)
     shape = rb.observations.shape
