@@ -12,6 +12,12 @@
 
 The last line is ``local_only_speedup: X``, the on/off ratio at 224 px (the paper's input size).
 
+What bounds the ratio: the network the issue specifies keeps a local cell at every decoder level down to 224 px
+(its 7x7 attention conv alone is ~20 GMAC a frame), so the local-only net is ~66 GMAC, and the two global cells
+(ReNet LSTMs at 28 px) add ~10% (the ``on/off MAC`` column). Where convolutions run at full speed (a quiet CPU) the
+time ratio stays near that MAC ratio; it grows where the LSTMs' 28 sequential steps are latency-bound (a GPU at
+batch 1, or CPU threads fighting other jobs), which is where the paper's 0.1 s vs 0.01 s comes from.
+
     python benchmarks/picanet_speed.py [--sizes 224 128 64] [--rounds 5] [--batch 1] [--label-size 64]
         [--label-batch 32] [--weights data/reach/picanet.pt --annotations data/reach/annotations.h5] [--quick]
 """
