@@ -12,7 +12,7 @@ Two cases, as in issue 3:
 
 Each update includes drawing the batch from the algorithm's own replay (filled with random data). ``visarl`` is its
 default: actor and temperature every 2nd update (the paper's SAC-AE settings) and ``encoder_precision: auto``, which
-autocasts the CNN alone to bf16 where bf16 convolutions are native (this CPU: AVX512-BF16; heads, losses and
+autocasts the CNN alone to bf16 on a CPU with native bf16 convolutions (this one: AVX512-BF16; heads, losses and
 optimizer stay fp32; ``benchmarks/bf16_reach.py`` compares what it learns with fp32). Other rows:
 ``visarl_fp32`` (the CNN in fp32 too), ``visarl_actor_every_step`` (SB3's schedule, fp32) and ``visarl_bf16`` (all
 under bf16 autocast, as ``trainer.precision=bf16-mixed``). Per update SB3 runs the CNN forward 4 times and backward
@@ -203,7 +203,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     where = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}")
-    # visarl's default encoder_precision ('auto'): bf16 for the CNN where bf16 convolutions are native
+    # visarl's default encoder_precision ('auto'): bf16 for the CNN on a CPU with native bf16 convolutions
     default_dtype = torch.bfloat16 if native_bf16("cuda" if dev.startswith("cuda") else "cpu") else None
     print(f"visarl's default encoder precision here: {'bf16' if default_dtype else 'fp32'} (encoder_precision: auto)")
     results: dict[str, float] = {}

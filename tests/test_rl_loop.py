@@ -295,7 +295,7 @@ def test_rl_config_errors_name_the_keys(monkeypatch):
         agent = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision="auto")
         assert agent.encoder_dtype == dtype
         assert build_agent(cfg, "identity", "rgb", encoder_precision="auto").encoder_dtype is None
-    assert rl_stage.native_bf16("mps") is False
+    assert rl_stage.native_bf16("mps") is False and rl_stage.native_bf16("gpu") is False  # GPUs keep fp32
 
 
 def test_mmae_encoder_from_checkpoint(tmp_path):
