@@ -7,10 +7,11 @@
 **offline** (what fits a CPU): three SAC agents with the paper's CNN and 3x1024 heads train on the same reach
 transitions (shards from a collect stage: state-SAC frames with their rewards) from the same initial weights:
 fp32 and bf16 see the same batches and the same sampling noise; a second fp32 agent sees another batch order.
-Every ``--every`` updates each agent's Q(s, a) and deterministic action on 256 fixed held-out transitions are
-compared: bf16 changes nothing that matters when its distance from fp32 stays well below the distance between
-the two fp32 agents (the noise SAC's training already has). Last line: ``bf16_vs_seed_q_distance: X`` (the
-final ratio of the two Q distances; < 1 means bf16 moves the critic less than a change of batch order does).
+Every ``--every`` updates each agent's Q(s, a) and deterministic action on 256 fixed probe transitions (drawn
+once from the same data) are compared: bf16 changes nothing that matters when its distance from fp32 stays well
+below the distance between the two fp32 agents (the noise SAC's training already has). Last line:
+``bf16_vs_seed_q_distance: X`` (the final ratio of the two Q distances; < 1 means bf16 moves the critic less than
+a change of batch order does).
 
 **online** (needs a fast GPU to reach learning in minutes): each cell is a real ``python -m visarl.fit --config
 conf/rl/cnn_rgb.yaml`` run (the Table I "CNN RGB" row: paper
@@ -153,7 +154,7 @@ def offline(argv: list[str]) -> None:
     for r in readers:
         buf.load_shard(r)
     print(f"{len(buf)} transitions from {args.data}; rewards mean {buf.reward[: buf.size].mean():.2f}")
-    held = buf.sample(256, np.random.default_rng(12345))
+    probe_batch = buf.sample(256, np.random.default_rng(12345))
 
     def make(dtype: torch.dtype | None, batch_seed: int) -> tuple:
         torch.manual_seed(0)  # the same initial weights for every agent
@@ -166,10 +167,10 @@ def offline(argv: list[str]) -> None:
 
     @torch.no_grad()
     def probe(agent: SACAgent) -> tuple[torch.Tensor, torch.Tensor]:
-        """min(Q1, Q2) [256] and the deterministic action [256, 4] on the held-out transitions."""
+        """min(Q1, Q2) [256] and the deterministic action [256, 4] on the probe transitions."""
         agent.eval()
-        q1, q2 = agent.critic(agent.encode(held.obs), held.action)
-        action = agent.act(held.obs, deterministic=True).float()
+        q1, q2 = agent.critic(agent.encode(probe_batch.obs), probe_batch.action)
+        action = agent.act(probe_batch.obs, deterministic=True).float()
         agent.train()
         return torch.min(q1, q2).float(), action
 

@@ -14,6 +14,21 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny-model tests, restored afterwards.
+
+    Tiny nets gain nothing from a second thread, and on a busy 2-core machine OpenMP's spinning threads slowed
+    such tests by 30-70x. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -29,14 +29,7 @@ from visarl.mae.masking import sample_gamma
 B = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP's spinning threads
-    # slowed these tests by 30-70x; restore the setting for other modules
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def images(b: int = B, seed: int = 0, modalities: tuple[str, ...] = ("rgb", "saliency")) -> dict[str, torch.Tensor]:

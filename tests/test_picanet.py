@@ -20,13 +20,7 @@ from visarl.saliency.picanet import (
 TINY = 1 / 16  # width_mult of the test-size model: VGG channels 4..32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These nets are tiny: intra-op threads only add sync overhead, heavy when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _check_output(out: PiCANetOutput, batch: int, size: int) -> None:

@@ -75,4 +75,4 @@ def test_quickstart_pipeline_validates(tmp_path):
     cfg, run_dir, _ = resolve("conf/quickstart.yaml", None, [f"output_dir={tmp_path}"])
     overrides = check_steps(cfg, run_dir)
     assert list(overrides) == [s.name for s in cfg.steps]
-    assert all(o[-4].startswith("output_dir=") for o in overrides.values())
+    assert overrides["label"][-1] == f"checkpoint={run_dir}/saliency/run/picanet.pt"  # {step:saliency} filled

@@ -30,13 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = "conf/pretrain/tiny.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models gain nothing from a second thread, and OpenMP spinning on a shared 2-core machine costs a lot
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -45,8 +45,14 @@ def _stage_of(raw: dict, source: str) -> str:
     return stage
 
 
-def resolve(config: str | None, resume: str | None, overrides: list[str]) -> tuple[RunConfig, Path, bool]:
-    """Build the config and choose the run directory, without creating anything on disk."""
+def resolve(
+    config: str | None, resume: str | None, overrides: list[str], named_run: bool = False
+) -> tuple[RunConfig, Path, bool]:
+    """Build the config and choose the run directory, without creating anything on disk.
+
+    A new run without ``run:`` is named by the time; ``named_run`` (every rank of a torchrun/srun launch, which
+    must agree on one directory) makes that an error instead.
+    """
     extra = parse_overrides(overrides)
     if resume is not None:
         run_dir = Path(resume)
@@ -66,6 +72,11 @@ def resolve(config: str | None, resume: str | None, overrides: list[str]) -> tup
     schema = get_stage(stage_name).schema
     cfg = build(schema, raw, extra)
     cfg.name = cfg.name or Path(config).stem
+    if named_run and not cfg.run:
+        raise ConfigError(
+            "started as one of several ranks (torchrun/srun): name the run (run=NAME) so that every rank "
+            "uses the same run directory"
+        )
     cfg.run = cfg.run or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return cfg, Path(cfg.output_dir) / cfg.name / cfg.run, False
 
@@ -77,26 +88,16 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
     rank 0 creates the run directory, the others wait for it and share it.
     """
     started = time.time()
-    overrides = list(overrides or [])
     rank = external_rank()
-    if rank is not None and resume is None and not any(o.startswith("run=") for o in overrides):
-        raw_run = load_yaml(config).get("run") if config else None
-        if not raw_run:
-            raise ConfigError(
-                "started as one of several ranks (torchrun/srun): name the run (run=NAME) so that every rank "
-                "uses the same run directory"
-            )
-    cfg, run_dir, resuming = resolve(config, resume, overrides)
-    if rank not in (None, 0):  # rank 0 writes config.yaml; this rank only reads the run directory
-        if not resuming:
-            wait_for_run(run_dir, started)
-    else:
-        if not resuming:
-            if (run_dir / "config.yaml").exists():
-                raise ConfigError(
-                    f"run directory {run_dir} already holds a run; use --resume {run_dir} or another run="
-                )
-            run_dir.mkdir(parents=True, exist_ok=True)
+    cfg, run_dir, resuming = resolve(config, resume, list(overrides or []), named_run=rank is not None)
+    writer = rank in (None, 0)  # rank 0 writes config.yaml; other ranks of an outside launch only read the run
+    if not writer and not resuming:
+        wait_for_run(run_dir, started)
+    if writer and not resuming:
+        if (run_dir / "config.yaml").exists():
+            raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another run=")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if writer:
         tmp = run_dir / "config.yaml.tmp"
         tmp.write_text(to_yaml(cfg))
         os.replace(tmp, run_dir / "config.yaml")
@@ -105,7 +106,7 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
         return get_stage(cfg.stage).runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
     except ConfigError:
         # A runner that rejects its input before writing anything leaves no empty run directory behind.
-        if not resuming and rank in (None, 0) and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
+        if not resuming and writer and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
             shutil.rmtree(run_dir)
         raise
 

@@ -83,18 +83,25 @@ def _save_state(path: Path, state: dict) -> None:
 
 
 def step_overrides(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:
-    """Each step's filled-in overrides, plus the keys that put its run at ``<run_dir>/<name>/run``."""
+    """Each step's overrides with the placeholders filled in (a reference to a later step is an error)."""
     values = {"data": cfg.data_root or str(run_dir / "data"), "task": cfg.task, "run_dir": str(run_dir)}
     out: dict[str, list[str]] = {}
     for step in cfg.steps:
         values[f"step:{step.name}"] = str(run_dir / step.name / "run")
-        filled = [fill(o, values, step.name) for o in step.overrides]
-        out[step.name] = filled + [f"output_dir={run_dir}", f"name={step.name}", "run=run", f"seed={cfg.seed}"]
+        out[step.name] = [fill(o, values, step.name) for o in step.overrides]
     return out
 
 
+def placement(cfg: PipelineConfig, run_dir: Path, name: str) -> list[str]:
+    """The keys that put a step's run at ``<run_dir>/<name>/run``, seeded like the pipeline."""
+    return [f"output_dir={run_dir}", f"name={name}", "run=run", f"seed={cfg.seed}"]
+
+
 def check_steps(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:
-    """Validate every step's config with its overrides (no files written); errors name the step."""
+    """Validate every step's config with its overrides (no files written); errors name the step.
+
+    Returns :func:`step_overrides`.
+    """
     from visarl.fit import resolve  # visarl.fit imports the registry, which imports this module
 
     for step in cfg.steps:
@@ -103,7 +110,7 @@ def check_steps(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:
     overrides = step_overrides(cfg, run_dir)
     for step in cfg.steps:
         try:
-            resolve(step.config, None, overrides[step.name])
+            resolve(step.config, None, overrides[step.name] + placement(cfg, run_dir, step.name))
         except ConfigError as e:
             raise ConfigError(f"steps.{step.name} ({step.config}): {e}") from None
     return overrides
@@ -123,11 +130,11 @@ def run_pipeline(cfg: PipelineConfig, ctx: RunContext) -> dict:
             print(f"pipeline: {step.name} already done ({step_dir}), skipping")
             continue
         t0 = time.perf_counter()
-        print(f"pipeline: {step.name}: {step.config} {' '.join(overrides[step.name][:-4])}")
+        print(f"pipeline: {step.name}: {step.config} {' '.join(overrides[step.name])}")
         if (step_dir / "config.yaml").exists():  # interrupted before: continue that run
             outputs[step.name] = fit_run(resume=str(step_dir), overrides=[])
         else:  # the step's run dir is inside the pipeline's
-            outputs[step.name] = fit_run(step.config, overrides[step.name])
+            outputs[step.name] = fit_run(step.config, overrides[step.name] + placement(cfg, ctx.run_dir, step.name))
         state["done"][step.name] = {"run_dir": str(step_dir), "seconds": round(time.perf_counter() - t0, 1)}
         _save_state(state_path, state)
     return {"steps": state["done"], "outputs": outputs}
