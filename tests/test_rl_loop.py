@@ -283,8 +283,9 @@ def test_rl_config_errors_name_the_keys(monkeypatch):
         build(RLConfig, {"encoder_precision": "fp8"})
     small = {"cnn_layers": 2, "cnn_filters": 4, "sac": {"hidden_dim": 8, "feature_dim": 8}, "env": {"image_size": 16}}
     cfg = build(RLConfig, {**small, "encoder_precision": "bf16"})
-    agent = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision=cfg.encoder_precision)
-    assert agent.encoder_dtype == torch.bfloat16 and build_agent(cfg, "cnn", "rgb", cnn_layers=2).encoder_dtype is None
+    agent, _ = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision=cfg.encoder_precision)
+    assert agent.encoder_dtype == torch.bfloat16
+    assert build_agent(cfg, "cnn", "rgb", cnn_layers=2)[0].encoder_dtype is None
     # 'auto' (the default): bf16 for the CNN only where bf16 convolutions are native; never for the state
     import visarl.rl.stage as rl_stage
 
@@ -292,14 +293,17 @@ def test_rl_config_errors_name_the_keys(monkeypatch):
     assert cfg.encoder_precision == "auto"
     for native, dtype in ((True, torch.bfloat16), (False, None)):
         monkeypatch.setattr(rl_stage, "native_bf16", lambda accelerator, native=native: native)
-        agent = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision="auto")
+        agent, _ = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision="auto")
         assert agent.encoder_dtype == dtype
-        assert build_agent(cfg, "identity", "rgb", encoder_precision="auto").encoder_dtype is None
+        assert build_agent(cfg, "identity", "rgb", encoder_precision="auto")[0].encoder_dtype is None
     assert rl_stage.native_bf16("mps") is False and rl_stage.native_bf16("gpu") is False  # GPUs keep fp32
 
 
 def test_mmae_encoder_from_checkpoint(tmp_path):
-    """encoder: mmae loads a MultiMAE checkpoint as a frozen encoder; modalities [rgb] is the pretrain-only row."""
+    """encoder: mmae loads a MultiMAE checkpoint as a frame embedder; modalities [rgb] is the pretrain-only row.
+
+    The agent itself reads only the stored embedding (one key naming the encoder); the embedder encodes frames.
+    """
     from visarl.config import ConfigError, build
     from visarl.mae import build_multimae, save_checkpoint
     from visarl.rl.encoders import is_trainable
@@ -309,10 +313,11 @@ def test_mmae_encoder_from_checkpoint(tmp_path):
     ckpt = tmp_path / "mmae.pt"
     save_checkpoint(build_multimae("tiny", ("rgb", "saliency"), image_size=32), ckpt)
     obs = {
-        "rgb": torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8),
-        "saliency": torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8),
+        "rgb": np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
+        "saliency": np.random.default_rng(1).integers(0, 256, (3, 32, 32), dtype=np.uint8),
     }
-    for modalities, keys in (([], ("rgb", "saliency")), (["rgb"], ("rgb",))):
+    keys_seen = set()
+    for modalities, inputs in (([], ("rgb", "saliency")), (["rgb"], ("rgb",))):
         cfg = build(
             RLConfig,
             {
@@ -325,22 +330,27 @@ def test_mmae_encoder_from_checkpoint(tmp_path):
                 "sac": {"hidden_dim": 32, "feature_dim": 16},
             },
         )
-        agent = build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(ckpt), modalities=tuple(modalities))
-        assert agent.obs_keys == keys and agent.encoder.out_dim == 64 and not is_trainable(agent.encoder)
-        assert agent.encoder_target is None  # a frozen encoder is its own target
-        feats = agent.encode(obs)
-        assert feats.shape == (3, 64) and torch.isfinite(feats).all()
-        if keys == ("rgb",):  # saliency is ignored by the pretrain-only variant
-            changed = {**obs, "saliency": torch.zeros_like(obs["saliency"])}
-            torch.testing.assert_close(agent.encode(changed), feats)
+        agent, embedder = build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(ckpt), modalities=tuple(modalities))
+        assert embedder.inputs == inputs and embedder.dim == 64 and agent.obs_keys == (embedder.key,)
+        assert not is_trainable(agent.encoder) and agent.encoder_target is None
+        assert not any(p.requires_grad for p in embedder.encoder.parameters())
+        feats = embedder(obs)
+        assert feats.shape == (3, 64) and feats.dtype == np.float32 and np.isfinite(feats).all()
+        keys_seen.add(embedder.key)
+        if inputs == ("rgb",):  # saliency is ignored by the pretrain-only variant
+            np.testing.assert_array_equal(embedder({**obs, "saliency": np.zeros_like(obs["saliency"])}), feats)
+    assert len(keys_seen) == 2  # the same weights with other inputs give other embeddings: another name
     # variant rgb without modalities on a rgb+saliency checkpoint: rgb alone, like the pretrain-only row
-    assert build_agent(cfg, "mmae", "rgb", encoder_ckpt=str(ckpt)).obs_keys == ("rgb",)
+    assert build_agent(cfg, "mmae", "rgb", encoder_ckpt=str(ckpt))[1].inputs == ("rgb",)
     with pytest.raises(ConfigError, match="encoder_ckpt"):
         build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(tmp_path / "missing.pt"))
     rgb_only = tmp_path / "rgb.pt"
     save_checkpoint(build_multimae("tiny", ("rgb",), image_size=32), rgb_only)
     with pytest.raises(ConfigError, match="encoder_ckpt"):  # the checkpoint has no saliency input
         build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(rgb_only))
+    small = build(RLConfig, {"encoder": "mmae", "encoder_ckpt": str(ckpt), "env": {"image_size": 16}})
+    with pytest.raises(ConfigError, match="trained on 32x32"):  # encoder and env disagree on the frame size
+        build_agent(small, "mmae", "rgb", encoder_ckpt=str(ckpt))
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """MultiMAE pretraining (ViSaRL Sec. II-C): the model, its masking and loss, and the frozen encoder for RL."""
 
 from visarl.mae.adapters import CrossAttention, PatchInputAdapter, SpatialDecoder, set_fused_attn
-from visarl.mae.frozen import FrozenEncoder, load_encoder, load_model, save_checkpoint
+from visarl.mae.frozen import FrameEmbedder, FrozenEncoder, encoder_digest, load_encoder, load_model, save_checkpoint
 from visarl.mae.loss import LossOutput, WeightedMSE, masked_mse, normalize_patches
 from visarl.mae.masking import allocate_budget, dirichlet_masks, sample_dirichlet, sample_masks, visible_ids
 from visarl.mae.multimae import (
@@ -19,7 +19,9 @@ __all__ = [
     "MODALITIES",
     "MODEL_SIZES",
     "CrossAttention",
+    "FrameEmbedder",
     "FrozenEncoder",
+    "encoder_digest",
     "LossOutput",
     "ModalitySpec",
     "MultiMAE",

@@ -9,9 +9,11 @@ are plain dicts ``{"format": "visarl-multimae", "hparams": {...}, "state_dict": 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -71,6 +73,80 @@ class FrozenEncoder(nn.Module):
             tokens = self.encoder(inputs)  # [B, G + M*N, D]
             g = self.encoder.num_global
             return tokens[:, 0] if self.pooling == "global" else tokens[:, g:].mean(dim=1)
+
+
+EMBEDDING_PREFIX = "emb_"
+"""Observation keys of stored embeddings start with this; the rest names the encoder (:attr:`FrameEmbedder.key`)."""
+
+
+def encoder_digest(encoder: FrozenEncoder) -> str:
+    """SHA-1 over the frozen encoder's weights, its RL-time modalities and its pooling.
+
+    Two encoders with the same digest give bit-identical embeddings for the same frames, so the digest can name
+    stored embeddings: a replay or shard never mixes embeddings of two encoders under one name.
+    """
+    h = hashlib.sha1()
+    h.update(repr((tuple(encoder.modalities), encoder.pooling)).encode())
+    for name, t in sorted(encoder.encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class FrameEmbedder:
+    """Encodes observations once, when they are observed: frames in, one embedding per frame out.
+
+    A frozen encoder maps the same frame to the same embedding, so an RL loop (or a probe) can compute each
+    frame's embedding when the env returns it, store it with the frame, and train on stored embeddings without
+    ever running the encoder on a batch again (the ViSaRL authors' RL loop does the same).
+
+    Observations come in shard layout: ``rgb`` uint8 ``[n, H, W, 3]``, ``saliency`` uint8 ``[n, H, W]`` (or
+    float in [0, 1]). The embedding is float32 ``[n, dim]`` under the observation key :attr:`key`, which names
+    the encoder by its :func:`encoder_digest`.
+    """
+
+    def __init__(self, encoder: FrozenEncoder, device: torch.device | str = "cpu", batch_size: int = 256) -> None:
+        self.encoder = encoder.to(device)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.inputs: tuple[str, ...] = tuple(encoder.modalities)
+        self.dim: int = int(encoder.out_dim)
+        self.digest = encoder_digest(encoder)
+        self.key = f"{EMBEDDING_PREFIX}{self.digest[:16]}"
+
+    def to(self, device: torch.device | str) -> FrameEmbedder:
+        self.encoder.to(device)
+        self.device = torch.device(device)
+        return self
+
+    @staticmethod
+    def _tensor(x: np.ndarray, device: torch.device) -> Tensor:
+        """[n, H, W, C] or [n, H, W] -> float [n, C, H, W] in [0, 1] on ``device``."""
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t.unsqueeze(1)
+        return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+
+    @torch.no_grad()
+    def __call__(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Embeddings float32 ``[n, dim]`` of the observations ``{input: [n, ...]}`` (shard layout)."""
+        missing = [k for k in self.inputs if k not in obs]
+        if missing:
+            raise KeyError(f"the frozen encoder needs observation keys {list(self.inputs)}; missing {missing}")
+        n = len(obs[self.inputs[0]])
+        out = np.empty((n, self.dim), np.float32)
+        for start in range(0, n, self.batch_size):
+            part = {k: self._tensor(obs[k][start : start + self.batch_size], self.device) for k in self.inputs}
+            out[start : start + len(part[self.inputs[0]])] = self.encoder(part).float().cpu().numpy()
+        return out
+
+    def add_to(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``obs`` with its embedding under :attr:`key` (in place; returned for chaining)."""
+        obs[self.key] = self(obs)
+        return obs
+
+    def describe(self) -> str:
+        """Provenance of the stored embeddings, as a shard attribute records it."""
+        return f"visarl-multimae sha1={self.digest} modalities={','.join(self.inputs)} pooling={self.encoder.pooling}"
 
 
 def save_checkpoint(model: MultiMAE, path: str | Path) -> None:

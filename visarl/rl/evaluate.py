@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SaliencyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""(rgb uint8 [n, H, W, 3], states [n, S]) -> saliency uint8 [n, H, W]."""
+ObserveFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""Env observations -> the same dict with what the policy derives from them (a saliency map, an embedding)."""
 
 
 def to_policy_obs(obs: Mapping[str, np.ndarray], keys: Sequence[str], device: torch.device | str) -> dict[str, Tensor]:
@@ -94,9 +94,10 @@ class EvalResult:
 class Evaluator:
     """Runs ``episodes`` deterministic episodes over ``num_envs`` envs; the env is kept between evaluations.
 
-    ``make_envs(num_envs)`` builds the vector env (same-step autoreset); ``saliency_fn`` labels frames when the
-    policy reads saliency. Episodes are dealt out so env i runs ``episodes // n`` (+1 for the first
-    ``episodes % n``) episodes; envs that are done keep stepping but their steps are ignored.
+    ``make_envs(num_envs)`` builds the vector env (same-step autoreset); ``observe`` adds the keys the policy
+    derives from a frame (a saliency map, a frozen encoder's embedding). Episodes are dealt out so env i runs
+    ``episodes // n`` (+1 for the first ``episodes % n``) episodes; envs that are done keep stepping but their
+    steps are ignored.
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class Evaluator:
         episodes: int,
         seed: int,
         obs_keys: Sequence[str],
-        saliency_fn: SaliencyFn | None = None,
+        observe: ObserveFn | None = None,
         strip_frames: int = 8,
     ) -> None:
         self.make_envs = make_envs
@@ -114,7 +115,7 @@ class Evaluator:
         self.episodes = episodes
         self.seed = seed
         self.obs_keys = tuple(obs_keys)
-        self.saliency_fn = saliency_fn
+        self.observe = observe
         self.strip_frames = strip_frames
         self.envs: Any = None
 
@@ -124,9 +125,7 @@ class Evaluator:
             self.envs = None
 
     def _label(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.saliency_fn is not None:
-            obs["saliency"] = self.saliency_fn(obs["rgb"], obs["state"])
-        return obs
+        return self.observe(obs) if self.observe is not None else obs
 
     @torch.no_grad()
     def run(self, policy: Callable[[dict[str, Tensor]], Tensor], device: torch.device | str, step: int) -> EvalResult:

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset
 
 from visarl.data.datamodules import TransitionBatch
+from visarl.mae.frozen import FrameEmbedder
 from visarl.rl.evaluate import Evaluator, done_info, final_obs, to_policy_obs
 from visarl.rl.replay import Replay
 from visarl.rl.sac import SACAgent, SACOptimizers, make_optimizers
@@ -137,11 +138,15 @@ def params_digest(module: torch.nn.Module) -> str:
 class SACLoop(pl.LightningModule):
     """SAC with vectorized envs, replay shards, periodic evaluation and resumable state (see the module doc)."""
 
-    def __init__(self, agent: SACAgent, settings: LoopSettings) -> None:
+    def __init__(self, agent: SACAgent, settings: LoopSettings, embedder: FrameEmbedder | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.agent = agent
         self.settings = settings
+        # A frozen encoder runs here, once per observed frame, never on a batch: the agent reads its stored output.
+        self.embedder = embedder
+        if embedder is not None and agent.obs_keys != (embedder.key,):
+            raise ValueError(f"an agent on stored embeddings reads ({embedder.key!r},), not {agent.obs_keys}")
         # counters and history (checkpointed)
         self.env_step = 0
         self.num_updates = 0
@@ -201,6 +206,9 @@ class SACLoop(pl.LightningModule):
             "state": (self.envs.single_observation_space["state"].shape, np.dtype(np.float32)),
             "saliency": ((1, height, width), np.dtype(np.uint8)),
         }
+        if self.embedder is not None:
+            self.embedder.to(self.device)
+            spec[self.embedder.key] = ((self.embedder.dim,), np.dtype(np.float32))
         capacity = s.replay_size if s.replay_size > 0 else s.num_steps // self.world_size
         # rows beyond transitions: each episode's last observation, and a repeated row per stream at each shard cut
         capacity += capacity // max(1, s.env.get("episode_length", 500)) + capacity // 100 + 4 * s.num_envs + 2
@@ -231,20 +239,19 @@ class SACLoop(pl.LightningModule):
         # The env's layouts come from the seed given at reset: a resumed run resets with a new one, so it does not
         # replay the episodes it already stored.
         obs, _ = self.envs.reset(seed=_seed(s.seed, rank, self.env_step, "train-envs"))
-        self._obs = self._with_saliency(dict(obs))
+        self._obs = self._observe(dict(obs))
         self.replay.start(self._obs)
         self._ep_return = np.zeros(s.num_envs)
         self._ep_len = np.zeros(s.num_envs, int)
         self._ep_success = np.zeros(s.num_envs, bool)
         if rank == 0 and (s.eval_every > 0 or s.eval_final):
-            eval_label = self._label if self._needs_saliency_for_policy() else None
             self.evaluator = Evaluator(
                 self._make_envs,
                 s.eval_envs,
                 s.eval_episodes,
                 _seed(s.seed, "eval-envs"),
                 self.agent.obs_keys,
-                eval_label,
+                self._observe_for_policy if self._policy_inputs() - {"rgb", "state"} else None,
                 s.eval_strip,
             )
 
@@ -267,13 +274,24 @@ class SACLoop(pl.LightningModule):
         if s.eval_every > 0 and self.env_step == 0 and self.next_eval == 0:
             self._evaluate()  # the learning curve starts at the untrained policy
 
-    def _needs_saliency_for_policy(self) -> bool:
-        return "saliency" in self.agent.obs_keys
+    def _policy_inputs(self) -> set[str]:
+        """The env observation keys the policy depends on (through the frozen encoder, if there is one)."""
+        return set(self.embedder.inputs if self.embedder is not None else self.agent.obs_keys)
 
-    def _with_saliency(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._label is not None:
+    def _observe(self, obs: dict[str, np.ndarray], for_policy: bool = False) -> dict[str, np.ndarray]:
+        """Add what the loop derives from a frame: its online saliency map, then its frozen-encoder embedding.
+
+        Training stores a map whenever the run has a saliency source; ``for_policy`` (evaluation) computes one
+        only when the policy reads it.
+        """
+        if self._label is not None and (not for_policy or "saliency" in self._policy_inputs()):
             obs["saliency"] = self._label(obs["rgb"], obs["state"])  # [n, H, W] uint8
+        if self.embedder is not None:
+            self.embedder.add_to(obs)  # [n, D] float32, computed once per frame
         return obs
+
+    def _observe_for_policy(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._observe(obs, for_policy=True)
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -312,15 +330,15 @@ class SACLoop(pl.LightningModule):
         done = terminated | truncated
         success = done_info(info, "success", done)
         last = final_obs(nxt, info, done) if done.any() else dict(nxt)
-        if self._label is not None:  # one batched call for the step's frames and the new episodes' first frames
-            rgb = np.concatenate((last["rgb"], nxt["rgb"][done]))
-            states = np.concatenate((last["state"], nxt["state"][done]))
-            maps = self._label(rgb, states)
-            last["saliency"] = maps[:n]
+        if self._label is not None or self.embedder is not None:
+            # one batched call for the step's frames and the new episodes' first frames
+            frames = self._observe({k: np.concatenate((last[k], nxt[k][done])) for k in ("rgb", "state")})
             nxt = dict(nxt)
-            nxt["saliency"] = np.empty_like(maps[:n])
-            nxt["saliency"][~done] = maps[:n][~done]
-            nxt["saliency"][done] = maps[n:]
+            for k in frames.keys() - {"rgb", "state"}:
+                last[k] = frames[k][:n]
+                nxt[k] = np.empty_like(frames[k][:n])
+                nxt[k][~done] = frames[k][:n][~done]
+                nxt[k][done] = frames[k][n:]
         self.replay.step(action, reward, terminated, truncated, success, last)
         if done.any():
             self.replay.start({k: v[done] for k, v in nxt.items()}, streams=np.flatnonzero(done))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,10 +22,13 @@ from visarl.data.shards import producer_attrs
 from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
 from visarl.launch import prepare_ddp_launch
 from visarl.registry import RunContext, register_stage
-from visarl.rl.encoders import PIXEL_VARIANTS, make_encoder
+from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
 from visarl.rl.replay import safe_prefix
 from visarl.rl.sac import SACAgent
 from visarl.rl.saliency_source import SALIENCY_SOURCES
+
+if TYPE_CHECKING:
+    from visarl.mae.frozen import FrameEmbedder
 
 ENCODERS = ("identity", "cnn", "mmae")
 MOVING_CAMERAS = ("behindGripper", "gripperPOV")
@@ -231,6 +234,30 @@ def native_bf16(accelerator: str) -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
+def build_embedder(
+    encoder_ckpt: str, variant: str, modalities: tuple[str, ...], pooling: str, image_size: int
+) -> FrameEmbedder:
+    """The frozen MultiMAE of ``encoder_ckpt`` as a :class:`FrameEmbedder` (inputs: ``modalities`` or the variant's).
+
+    Raises ``ConfigError`` naming the file when it is not a MultiMAE checkpoint, lacks an input, or was trained
+    at another image size than the env renders.
+    """
+    from visarl.mae import FrameEmbedder, load_encoder
+
+    inputs = tuple(modalities) or PIXEL_VARIANTS[variant].obs_keys
+    try:
+        module = load_encoder(encoder_ckpt, inputs, pooling)
+    except ValueError as e:
+        raise ConfigError(f"encoder_ckpt: {e}") from e
+    trained = int(module.encoder.image_size)
+    if trained != image_size:
+        raise ConfigError(
+            f"encoder_ckpt: {encoder_ckpt} was trained on {trained}x{trained} frames, but env.image_size is "
+            f"{image_size}; set env.image_size={trained} or pretrain at {image_size}"
+        )
+    return FrameEmbedder(module)
+
+
 def build_agent(
     cfg: SACRunConfig,
     encoder: str,
@@ -242,31 +269,29 @@ def build_agent(
     cnn_layers: int = 11,
     cnn_filters: int = 32,
     encoder_precision: str = "32",
-) -> SACAgent:
-    """The SAC agent of a config (observation shapes from ``cfg.env``)."""
+) -> tuple[SACAgent, FrameEmbedder | None]:
+    """The SAC agent of a config (observation shapes from ``cfg.env``), and the frame embedder it reads.
+
+    For ``encoder: mmae`` the frozen MultiMAE is not part of the agent: a :class:`FrameEmbedder` encodes each
+    frame once, when it is observed, and the agent reads the stored embedding (observation key
+    ``embedder.key``). Every other encoder returns ``None`` as the embedder.
+    """
 
     if encoder_precision == "auto":
         encoder_precision = "bf16" if encoder == "cnn" and native_bf16(cfg.trainer.accelerator) else "32"
 
     size = cfg.env.image_size
     shapes = {"rgb": (3, size, size), "saliency": (1, size, size), "state": (STATE_DIM,)}
+    embedder = None
     if encoder == "identity":
         enc = make_encoder("identity", "", shapes)
     elif encoder == "cnn":
         enc = make_encoder("cnn", variant, shapes, num_layers=cnn_layers, num_filters=cnn_filters)
     else:
-        from visarl.mae import load_encoder
-
-        # the RL-time inputs: the given modalities, else the variant's (a checkpoint lacking one is an error)
-        inputs = tuple(modalities) or PIXEL_VARIANTS[variant].obs_keys
-        try:
-            module = load_encoder(encoder_ckpt, inputs, pooling)
-        except ValueError as e:
-            raise ConfigError(f"encoder_ckpt: {e}") from e
-        enc = make_encoder("frozen", variant, shapes, module=module, out_dim=module.out_dim)
-        enc.obs_keys = inputs
+        embedder = build_embedder(encoder_ckpt, variant, modalities, pooling, size)
+        enc = IdentityEncoder(embedder.dim, key=embedder.key)
     s = cfg.sac
-    return SACAgent(
+    agent = SACAgent(
         enc,
         action_dim=4,  # Meta-World: end-effector xyz delta + gripper torque (Sec. IV)
         feature_dim=s.feature_dim,
@@ -275,8 +300,9 @@ def build_agent(
         discount=s.discount,
         init_temperature=s.init_temperature,
         log_std_bounds=(s.log_std_min, s.log_std_max),
-        encoder_dtype=torch.bfloat16 if encoder_precision == "bf16" and encoder != "identity" else None,
+        encoder_dtype=torch.bfloat16 if encoder_precision == "bf16" and encoder == "cnn" else None,
     )
+    return agent, embedder
 
 
 def _strategy(cfg: SACRunConfig) -> Any:
@@ -298,6 +324,7 @@ def fit_sac(
     *,
     data_dir: Path,
     shard_attrs: dict[str, Any],
+    embedder: FrameEmbedder | None = None,
 ) -> dict[str, Any]:
     """Train ``agent`` with the SAC loop of ``cfg`` in ``ctx.run_dir``; resumes from its last checkpoint."""
     import lightning.pytorch as pl
@@ -338,7 +365,9 @@ def fit_sac(
         log_every=cfg.log_every,
         run_dir=str(ctx.run_dir),
     )
-    loop = SACLoop(agent, settings)
+    if embedder is not None:  # the shards record which encoder produced the embeddings they store
+        shard_attrs = {**shard_attrs, embedder.key: embedder.describe()}
+    loop = SACLoop(agent, settings, embedder)
     ckpt_dir = ctx.run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     ckpt_path = str(last) if ctx.resume and last.is_file() else None
@@ -392,7 +421,7 @@ def fit_sac(
 def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
     """Train SAC per ``cfg``; shards in ``data_dir`` (default <run_dir>/replay), eval.json in the run dir."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir else ctx.run_dir / "replay"
-    agent = build_agent(
+    agent, embedder = build_agent(
         cfg,
         cfg.encoder,
         cfg.variant,
@@ -403,8 +432,8 @@ def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
         cnn_filters=cfg.cnn_filters,
         encoder_precision=cfg.encoder_precision,
     )
-    if cfg.encoder != "identity":
+    if cfg.encoder == "cnn":
         chosen = "bf16" if agent.encoder_dtype == torch.bfloat16 else "32"
         print(f"rl: encoder precision {chosen}" + (" (auto)" if cfg.encoder_precision == "auto" else ""))
     attrs = producer_attrs(cfg.env, to_yaml(cfg))
-    return fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs)
+    return fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs, embedder=embedder)
