@@ -50,3 +50,21 @@ def test_started_cell_is_resumed_not_restarted(tmp_path, capsys):
     run(conf, [f"output_dir={tmp_path}/runs"])
     lines = capsys.readouterr().out.splitlines()
     assert any(ln.endswith(f"--resume {started}") for ln in lines)
+
+
+def test_params_fill_method_placeholders(tmp_path, capsys):
+    """A pipeline hands the matrix its checkpoints through params; an unknown placeholder fails before any cell."""
+    import pytest
+
+    from visarl.config import ConfigError
+
+    conf = _matrix(tmp_path)
+    text = (tmp_path / "m.yaml").read_text().replace('"num_steps={{seed}}0"', '"data_dir={store}/{task}-{seed}"')
+    (tmp_path / "m.yaml").write_text(text.replace('"num_steps={seed}0"', '"data_dir={store}/{task}-{seed}"'))
+    run(conf, [f"output_dir={tmp_path}/runs", "params.store=/some/where"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "name=a-reach" in ln and "run=seed1" in ln]
+    assert "data_dir=/some/where/reach-1" in shlex.split(lines[0])
+    with pytest.raises(ConfigError, match="store"):
+        run(conf, [f"output_dir={tmp_path}/runs2"])
+    with pytest.raises(ConfigError, match="params"):
+        run(conf, [f"output_dir={tmp_path}/runs3", "params.seed=3"])

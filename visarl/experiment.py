@@ -3,7 +3,8 @@
 Each cell is one ``python -m visarl.fit`` run in ``<root>/<method>-<task>/seed<seed>``. The matrix runs its
 cells one after another or ``parallel`` at a time as local processes, skips cells whose ``eval.json`` holds a
 final evaluation, resumes cells that were interrupted, and with ``print_only: true`` prints one command line
-per remaining cell for a cluster scheduler instead. Method overrides may use ``{task}`` and ``{seed}``.
+per remaining cell for a cluster scheduler instead. Method overrides may use ``{task}``, ``{seed}`` and any name
+of ``params`` (e.g. ``{rgb_encoder}``), so a pipeline can hand the matrix the checkpoints its earlier steps built.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class MethodSpec:
     config: str = ""
     """The rl config file."""
     overrides: list[str] = field(default_factory=list)
-    """dotted.key=value overrides; {task} and {seed} are filled in per cell."""
+    """dotted.key=value overrides; {task}, {seed} and the experiment's params are filled in per cell."""
 
 
 @dataclass
@@ -47,6 +48,8 @@ class ExperimentConfig(RunConfig):
     """Rows of the matrix."""
     overrides: list[str] = field(default_factory=list)
     """Overrides applied to every cell (before the method's own)."""
+    params: dict[str, str] = field(default_factory=dict)
+    """Named values for placeholders in overrides, e.g. {rgb_encoder: runs/rgb/reach/encoder.pt}."""
     parallel: int = 1
     """Cells run at once as local processes (each may itself use trainer.devices GPUs)."""
     print_only: bool = False
@@ -57,6 +60,9 @@ class ExperimentConfig(RunConfig):
             raise ConfigError("methods: an experiment needs at least one method")
         if self.parallel < 1:
             raise ConfigError(f"parallel: must be >= 1, got {self.parallel}")
+        clash = {"task", "seed"} & set(self.params)
+        if clash:
+            raise ConfigError(f"params: {sorted(clash)} are filled in per cell; choose other names")
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names) or not all(names):
             raise ConfigError(f"methods: every method needs a unique name, got {names}")
@@ -76,11 +82,14 @@ class Cell:
         except (OSError, ValueError):
             return False
 
-    def command(self, common: list[str]) -> list[str]:
-        fmt = {"task": self.task, "seed": str(self.seed)}
+    def command(self, common: list[str], params: dict[str, str] | None = None) -> list[str]:
+        fmt = {**(params or {}), "task": self.task, "seed": str(self.seed)}
         if (self.run_dir / "config.yaml").exists():  # started before: continue it
             return [sys.executable, "-m", "visarl.fit", "--resume", str(self.run_dir)]
-        overrides = [o.format(**fmt) for o in [*common, *self.method.overrides]]
+        try:
+            overrides = [o.format(**fmt) for o in [*common, *self.method.overrides]]
+        except KeyError as e:
+            raise ConfigError(f"methods.{self.method.name}: placeholder {e} is neither task, seed nor in params") from e
         place = [
             f"output_dir={self.run_dir.parent.parent}",
             f"name={self.run_dir.parent.name}",
@@ -102,12 +111,14 @@ def run_experiment(cfg: ExperimentConfig, ctx: RunContext) -> dict:
     for m in cfg.methods:
         if not Path(m.config).is_file():
             raise ConfigError(f"methods.{m.name}.config: file not found: {m.config}")
+    for c in cells(cfg):  # every placeholder resolves before the first cell starts
+        c.command(cfg.overrides, cfg.params)
     todo = [c for c in cells(cfg) if not c.finished()]
     total = len(cells(cfg))
     print(f"experiment: {total - len(todo)}/{total} cells finished, {len(todo)} to run")
     if cfg.print_only:
         for c in todo:
-            print(shlex.join(c.command(cfg.overrides)))
+            print(shlex.join(c.command(cfg.overrides, cfg.params)))
         return {"todo": len(todo), "total": total}
     running: list[tuple[Cell, subprocess.Popen]] = []
     failed: list[str] = []
@@ -118,7 +129,7 @@ def run_experiment(cfg: ExperimentConfig, ctx: RunContext) -> dict:
         while queue and len(running) < cfg.parallel:
             c = queue.pop(0)
             log = open(log_dir / f"{c.run_dir.parent.name}-{c.run_dir.name}.log", "ab")
-            running.append((c, subprocess.Popen(c.command(cfg.overrides), stdout=log, stderr=subprocess.STDOUT)))
+            running.append((c, subprocess.Popen(c.command(cfg.overrides, cfg.params), stdout=log, stderr=subprocess.STDOUT)))
             print(f"experiment: started {c.run_dir}")
         for c, proc in list(running):
             if proc.poll() is not None:
