@@ -387,3 +387,18 @@ def test_reconstruction_grid_pastes_predictions_into_hidden_patches_only():
         torch.testing.assert_close(pasted[~hidden], given[~hidden])
         assert not torch.allclose(pasted[hidden], given[hidden], atol=0.05)
         torch.testing.assert_close(tile(row, 0), unpatchify(given[None], 8)[0])
+
+
+@pytest.mark.parametrize("input_norm", ["imagenet", "none"])
+def test_grid_maps_a_perfect_prediction_back_to_the_pixels(input_norm):
+    """Targets live in the encoder's space (ImageNet-standardised rgb, per-patch normalised rgb_norm): a prediction
+    equal to its target is drawn as the input pixels."""
+    from visarl.mae.visualize import prediction_pixels
+
+    model = build_multimae("tiny", ("rgb", "saliency"), norm_rgb_output=True, input_norm=input_norm)
+    loss_fn = WeightedMSE.for_model(model)
+    x = {"rgb": torch.rand(2, 3, 64, 64), "saliency": torch.rand(2, 1, 64, 64)}
+    for name in ("rgb", "rgb_norm", "saliency"):
+        src = name.removesuffix("_norm")
+        pixels = prediction_pixels(model, loss_fn, name, loss_fn.target(name, x), x)
+        torch.testing.assert_close(pixels, patchify(x[src], 8), atol=1e-4, rtol=0)
