@@ -1,8 +1,9 @@
 """MultiMAE pretraining step speed: a plain eager fp32 step against visarl's fast path, side by side.
 
-One training step = uint8 frames -> [0, 1] floats, the shared RandomResizedCrop, Dirichlet masking, forward of the
+One training step = uint8 frames -> [0, 1] floats, the paired flip, Dirichlet masking, forward of the
 paper-size model (rgb + saliency, 32 visible tokens, rgb / rgb_norm / saliency decoders: 13.0M parameters), the
-WeightedMSE loss, backward and an AdamW step: what ``stage: pretrain`` does per batch, without Lightning.
+reconstruction loss (rgb MSE, saliency L1), backward and an AdamW step: what ``stage: pretrain`` does per batch,
+without Lightning.
 
 - ``eager``: fp32, softmax(QK^T)V attention, ``torch.optim.AdamW`` with per-parameter loops (foreach/fused off).
 - ``fast``: what the pretrain stage runs with ``trainer.precision=bf16-mixed`` and ``model.fused_attn`` left to
@@ -31,22 +32,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from visarl.mae import WeightedMSE, build_multimae  # noqa: E402
-from visarl.mae.augment import PairedRandomResizedCrop  # noqa: E402
+from visarl.mae import ReconstructionLoss, build_multimae  # noqa: E402
+from visarl.mae.augment import PairedAugment  # noqa: E402
 from visarl.mae.optim import adamw, param_groups  # noqa: E402
 
 
 def make_step(
     model: torch.nn.Module, opt: torch.optim.Optimizer, bf16: bool, device: torch.device
 ) -> Callable[[dict[str, torch.Tensor]], float]:
-    loss_fn = WeightedMSE.for_model(model)
-    crop = PairedRandomResizedCrop()
+    loss_fn = ReconstructionLoss.for_model(model)
+    augment = PairedAugment()  # the pretrain default: flip p = 0.5 (augment.crop=true adds the crop)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         x = {k: v.to(device, non_blocking=True).float() / 255.0 for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            x = crop(x, gen)
+            x = augment(x, gen)
             out = model(x, 32, 1.0, generator=gen)
             loss = loss_fn(out.preds, x, out.masks).total
         opt.zero_grad(set_to_none=True)

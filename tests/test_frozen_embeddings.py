@@ -225,11 +225,17 @@ def test_sigkill_resume_reloads_embeddings_and_policy_acts_alike(tmp_path, ckpt,
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 400
         while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert last.is_file(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
-        time.sleep(0.5)
+
+        def newer() -> list[Path]:  # rows written after the checkpoint: the kill then loses real work
+            return [p for p in (run_dir / "replay").glob("*.h5") if p.stat().st_mtime_ns > last.stat().st_mtime_ns]
+
+        while not newer() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -11,12 +11,14 @@ import torch
 from visarl.mae import (
     FrozenEncoder,
     MultiMAE,
+    ReconstructionLoss,
     WeightedMSE,
     allocate_budget,
     build_multimae,
     dirichlet_masks,
     load_encoder,
     load_model,
+    masked_error,
     masked_mse,
     patchify,
     sample_dirichlet,
@@ -147,7 +149,7 @@ def test_shapes(modalities):
         assert out.masks[m].shape == (B, 64) and out.masks[m].dtype == torch.bool
         assert torch.isfinite(out.preds[m]).all()
     assert out.ids_visible.shape == (B, 32)
-    assert model.forward_features(x).shape == (B, 64 * len(modalities), 64)
+    assert model.forward_features(x).shape == (B, 1 + 64 * len(modalities), 64)  # the global token first
 
 
 def test_global_token_and_norm_rgb_output_shapes():
@@ -191,8 +193,9 @@ def test_hidden_patches_do_not_reach_the_model():
 
 def test_decoder_puts_visible_tokens_in_place():
     """With cross-attention, MLP and blocks silenced, a decoder's output at a patch depends only on what sits there:
-    the projected encoder token of a visible patch, or the mask token, plus that patch's embeddings."""
-    model = tiny().eval()
+    the projected encoder token of a visible patch, or the mask token, plus that patch's embeddings (the decoder
+    with a residual around its cross-attention, so that the query passes through)."""
+    model = tiny(global_token=False, decoder_residual=True).eval()
     dec = model.decoders["saliency"]  # queries are the second modality block
     for lin in (dec.cross_attn.proj, dec.mlp.fc2):
         torch.nn.init.zeros_(lin.weight)
@@ -299,7 +302,7 @@ def test_normalized_rgb_targets():
     x = images()
     t = WeightedMSE(8, normalize=("rgb",)).target("rgb", x)
     torch.testing.assert_close(t.mean(-1), torch.zeros(B, 64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t.std(-1, unbiased=False), torch.ones(B, 64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(t.std(-1, unbiased=True), torch.ones(B, 64), atol=1e-3, rtol=0)  # MAE's .var()
     raw = WeightedMSE(8, normalize=()).target("rgb", x)
     assert torch.equal(raw, patchify(x["rgb"], 8))
     assert torch.allclose(WeightedMSE(8, normalize=()).target("rgb_norm", x), t)
@@ -348,7 +351,7 @@ def test_frozen_encoder():
     assert y.shape == (B, 64) and not y.requires_grad
     assert torch.equal(y, enc(x["rgb"], x["saliency"]))  # positional form, deterministic
     with torch.no_grad():
-        torch.testing.assert_close(y, model.forward_features(x).mean(1))
+        torch.testing.assert_close(y, model.forward_features(x)[:, 1:].mean(1))  # the global token left out
     with pytest.raises(ValueError, match="missing"):
         enc(x["rgb"])
 
@@ -414,6 +417,134 @@ def test_frozen_encoder_rejects_bad_options():
     with pytest.raises(ValueError, match="subset"):
         model.frozen_encoder(modalities=("depth",))
     with pytest.raises(ValueError, match="global token"):
-        model.frozen_encoder(pooling="global")
+        tiny(global_token=False).frozen_encoder(pooling="global")
     with pytest.raises(ValueError, match="pooling"):
         model.frozen_encoder(pooling="max")
+
+
+# ---------------------------------------------------------------- the authors' recipe: loss kinds, encoder, versions
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+@pytest.mark.parametrize("reduction", ["per_example", "pooled"])
+def test_masked_error_matches_a_hand_computation(kind, reduction):
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 6, 5, generator=g), torch.randn(4, 6, 5, generator=g)
+    hidden = torch.rand(4, 6, generator=g) > 0.5
+    hidden[2] = False  # an example hiding nothing is skipped by the per-example mean (MultiMAE's nanmean)
+    hidden[0, :5] = True
+    p, t, h = pred.numpy().astype(np.float64), target.numpy().astype(np.float64), hidden.numpy()
+    err = (p - t) ** 2 if kind == "mse" else np.abs(p - t)  # [B, N, P]
+    per_patch = err.mean(-1)
+    if reduction == "pooled":
+        expect = per_patch[h].mean()
+    else:
+        expect = np.mean([per_patch[b][h[b]].mean() for b in range(4) if h[b].any()])
+    assert masked_error(pred, target, hidden, kind, reduction).item() == pytest.approx(float(expect), rel=1e-5)
+    assert masked_error(pred, target, torch.zeros_like(hidden), kind, reduction).item() == 0.0
+
+
+def test_l1_and_mse_differ_as_by_hand():
+    pred = torch.zeros(1, 2, 4)
+    target = torch.tensor([[[0.5, -0.5, 2.0, 0.0], [9.0, 9.0, 9.0, 9.0]]])
+    hidden = torch.tensor([[True, False]])  # the second patch is visible: never scored
+    assert masked_error(pred, target, hidden, "l1").item() == pytest.approx((0.5 + 0.5 + 2.0) / 4)
+    assert masked_error(pred, target, hidden, "mse").item() == pytest.approx((0.25 + 0.25 + 4.0) / 4)
+
+
+def test_table_loss_is_the_authors_rgb_mse_saliency_l1_times_10():
+    """The default loss of a model, term by term against numpy: rgb MSE and rgb_norm MSE on ImageNet-standardised
+    targets (rgb_norm per patch), saliency L1 weighted 10, each a per-example mean over hidden patches."""
+    model = tiny(norm_rgb_output=True)
+    x = images()
+    out = model(x, generator=torch.Generator().manual_seed(2))
+    loss_fn = ReconstructionLoss.for_model(model)
+    assert loss_fn.kind("rgb") == "mse" and loss_fn.kind("rgb_norm") == "mse" and loss_fn.kind("saliency") == "l1"
+    loss = loss_fn(out.preds, x, out.masks)
+    mean, std = np.array([0.485, 0.456, 0.406])[:, None, None], np.array([0.229, 0.224, 0.225])[:, None, None]
+    rgb = (x["rgb"].numpy().astype(np.float64) - mean) / std
+
+    def patches(img: np.ndarray) -> np.ndarray:  # [B, C, 64, 64] -> [B, 64, 8*8*C], (row, col, channel) order
+        b, c = img.shape[:2]
+        return img.reshape(b, c, 8, 8, 8, 8).transpose(0, 2, 4, 3, 5, 1).reshape(b, 64, 64 * c)
+
+    def term(pred: torch.Tensor, target: np.ndarray, hidden: torch.Tensor, l1: bool) -> float:
+        d = pred.detach().numpy().astype(np.float64) - target
+        per_patch = (np.abs(d) if l1 else d**2).mean(-1)
+        h = hidden.numpy()
+        return float(np.mean([per_patch[b][h[b]].mean() for b in range(len(h)) if h[b].any()]))
+
+    t = patches(rgb)
+    t_norm = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, ddof=1, keepdims=True) + 1e-6)
+    expect = {
+        "rgb": term(out.preds["rgb"], t, out.masks["rgb"], False),
+        "rgb_norm": term(out.preds["rgb_norm"], t_norm, out.masks["rgb"], False),
+        "saliency": term(out.preds["saliency"], patches(x["saliency"].numpy()), out.masks["saliency"], True),
+    }
+    for name, value in expect.items():
+        assert loss.terms[name].item() == pytest.approx(value, rel=1e-4), name
+    total = expect["rgb"] + expect["rgb_norm"] + 10 * expect["saliency"]
+    assert loss.total.item() == pytest.approx(total, rel=1e-4)
+
+
+def test_encoder_has_a_global_token_and_no_final_norm():
+    model = tiny()
+    enc = model.encoder
+    assert enc.global_token is not None and enc.num_global == 1
+    assert isinstance(enc.norm, torch.nn.Identity)
+    assert not any(k.startswith("encoder.norm.") for k in model.state_dict())
+    x = images()
+    with torch.no_grad():
+        tokens = enc.tokenize(x, ["rgb", "saliency"])
+        by_hand = enc.blocks(torch.cat([enc.global_token.expand(B, -1, -1), tokens], dim=1))  # last block's output
+        torch.testing.assert_close(model.forward_features(x), by_hand)
+        # the frozen encoder's state: the mean of the 128 patch tokens, finite without a final norm
+        state = model.frozen_encoder()(x)
+    torch.testing.assert_close(state, by_hand[:, 1:].mean(1))
+    assert torch.isfinite(state).all()
+    assert tiny(final_norm=True).encoder.norm.__class__ is torch.nn.LayerNorm
+
+
+def test_rgb_enters_the_encoder_standardised_with_imagenet_statistics():
+    model = tiny()
+    plain = tiny(input_norm="none")
+    plain.load_state_dict(model.state_dict())
+    x = images()
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.forward_features(x), plain.forward_features({**x, "rgb": (x["rgb"] - mean) / std})
+        )
+    with pytest.raises(ValueError, match="input_norm"):
+        tiny(input_norm="zscore")
+
+
+def test_version_1_checkpoints_still_load_and_future_ones_fail_clearly(tmp_path):
+    # what a checkpoint written before the recipe change held: a final norm, [0, 1] rgb, residual decoders, no
+    # global token, format version 1 and none of the new hparams
+    old = tiny(global_token=False, final_norm=True, input_norm="none", decoder_residual=True).eval()
+    path = tmp_path / "v1.pt"
+    save_checkpoint(old, path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["version"] = 1
+    for key in ("final_norm", "input_norm", "decoder_residual"):
+        del ckpt["hparams"][key]
+    torch.save(ckpt, path)
+    x = images()
+    with torch.no_grad():
+        expect = old.forward_features(x).mean(1)
+        masks = old.sample_masks(B, 32, 1.0, torch.Generator().manual_seed(0))
+        preds = old(x, masks=masks).preds
+    torch.testing.assert_close(load_encoder(path)(x), expect)
+    again = load_model(path).eval()
+    assert again.encoder.input_norm == "none" and again.hparams["final_norm"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, masks=masks).preds["saliency"], preds["saliency"])
+    ckpt["version"] = 99
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="version 99") as info:
+        load_encoder(path)
+    assert str(path) in str(info.value)

@@ -20,8 +20,8 @@ import torchvision.transforms  # noqa: F401  (before any rendering: Mesa's LLVM,
 
 import visarl.fit
 from visarl.config import ConfigError
-from visarl.mae import WeightedMSE, build_multimae, load_encoder, load_model, patchify, unpatchify
-from visarl.mae.augment import PairedRandomResizedCrop, crop_resize, sample_crop_boxes
+from visarl.mae import WeightedMSE, build_multimae, load_encoder, load_model, patchify, stage, unpatchify
+from visarl.mae.augment import PairedAugment, PairedRandomResizedCrop, crop_resize, sample_crop_boxes
 from visarl.mae.module import MultiMAEModule
 from visarl.mae.optim import param_groups, scaled_lr, warmup_cosine_lr
 from visarl.mae.visualize import reconstruction_grid
@@ -204,7 +204,7 @@ def synthetic_batches(n: int, b: int = 8, seed: int = 0) -> list[dict[str, torch
 def test_bf16_mixed_step_and_weight_decay_groups(tmp_path):
     torch.manual_seed(0)
     model = build_multimae("tiny", ("rgb", "saliency"), norm_rgb_output=True)
-    module = MultiMAEModule(model, WeightedMSE.for_model(model), batch_size=8, crop=PairedRandomResizedCrop())
+    module = MultiMAEModule(model, WeightedMSE.for_model(model), batch_size=8, augment=PairedRandomResizedCrop())
     dtypes = []
     model.decoders["saliency"].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -222,7 +222,7 @@ def test_bf16_mixed_step_and_weight_decay_groups(tmp_path):
     groups = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in trainer.optimizers[0].param_groups}
     assert set(groups) == {0.05, 0.0} and groups[0.05] | groups[0.0] == set(names.values())
     no_decay = {
-        "encoder.norm.weight", "encoder.blocks.0.norm1.bias", "encoder.blocks.0.attn.qkv.bias",
+        "encoder.global_token", "encoder.blocks.0.norm1.bias", "encoder.blocks.0.attn.qkv.bias",
         "encoder.input_adapters.rgb.modality_embed", "encoder.input_adapters.saliency.proj.bias",
         "decoders.rgb.mask_token", "decoders.saliency.modality_embed", "decoders.rgb_norm.query_norm.weight",
     }  # fmt: skip
@@ -293,6 +293,76 @@ def test_crop_boxes_follow_the_scale_and_ratio_ranges():
     assert abs(top.float().mean().item() - ref[:, 0].float().mean().item()) < 1.0
 
 
+# ---------------------------------------------------------------- the authors' recipe: flip, token budget, epochs
+
+
+def test_default_flip_is_paired_across_modalities_and_exact():
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(400, 3, 64, 64, generator=g)
+    sal = rgb[:, :1].clone()
+    out = PairedAugment()({"rgb": rgb, "saliency": sal}, generator=g)  # the default: flip with p = 0.5, no crop
+    flipped = (out["rgb"] == rgb.flip(-1)).flatten(1).all(1)
+    kept = (out["rgb"] == rgb).flatten(1).all(1)
+    assert bool((flipped | kept).all())  # a mirror image or untouched: no resampling
+    assert 150 < int(flipped.sum()) < 250  # about half
+    torch.testing.assert_close(out["saliency"], out["rgb"][:, :1], rtol=0, atol=0)  # the same flip for saliency
+    assert PairedAugment(hflip=0.0)({"rgb": rgb}, generator=g)["rgb"] is rgb
+
+
+@pytest.mark.parametrize(
+    "config,overrides,visible",
+    [
+        ("conf/pretrain/rgb.yaml", [], 16),
+        ("conf/pretrain/rgb_saliency.yaml", [], 32),
+        ("conf/pretrain/rgb_saliency.yaml", ["num_visible=null"], 32),
+        ("conf/pretrain/rgb_saliency.yaml", ["num_visible=null", "modalities=[rgb]"], 16),
+        ("conf/quickstart/pretrain.yaml", [], 32),
+        ("conf/quickstart/pretrain.yaml", ["modalities=[rgb]"], 16),
+    ],
+)
+def test_visible_token_budget_is_a_quarter_of_the_tokens(config, overrides, visible):
+    cfg, _, _ = visarl.fit.resolve(config, None, ["run=x", *overrides])
+    assert cfg.num_visible == visible  # 75% masked: Table II's 32 of 128, Sec. II-B's m = 0.75 for rgb alone
+
+
+def test_paper_configs_follow_the_authors_recipe():
+    for config in ("conf/pretrain/rgb.yaml", "conf/pretrain/rgb_saliency.yaml"):
+        cfg, _, _ = visarl.fit.resolve(config, None, ["run=x"])
+        assert cfg.passes_per_epoch == 20 and not cfg.augment.crop and cfg.augment.hflip == 0.5
+        assert cfg.model.global_token and not cfg.model.final_norm and cfg.model.input_norm == "imagenet"
+        model = stage.build_model(cfg)
+        loss_fn = stage.build_loss(cfg, model)
+        kinds = {n: (loss_fn.kind(n), loss_fn.weight(n)) for n in model.outputs}
+        expect = {"rgb": ("mse", 1.0), "rgb_norm": ("mse", 1.0), "saliency": ("l1", 10.0)}
+        assert kinds == {n: expect[n] for n in cfg.modalities + ["rgb_norm"]}
+    cfg, _, _ = visarl.fit.resolve("conf/pretrain/rgb_saliency.yaml", None, ["run=x", "losses={saliency: mse}"])
+    assert stage.build_loss(cfg, stage.build_model(cfg)).kind("saliency") == "mse"
+    cfg, _, _ = visarl.fit.resolve("conf/pretrain/rgb.yaml", None, ["run=x", "losses={rgb: l1}"])
+    loss_fn = stage.build_loss(cfg, stage.build_model(cfg))
+    assert loss_fn.kind("rgb") == "l1" and loss_fn.kind("rgb_norm") == "l1"  # rgb_norm follows rgb
+    with pytest.raises(ConfigError, match="losses"):
+        visarl.fit.resolve("conf/pretrain/rgb.yaml", None, ["run=x", "losses={saliency: l1}"])
+    with pytest.raises(ConfigError, match="l2"):
+        visarl.fit.resolve("conf/pretrain/rgb.yaml", None, ["run=x", "losses={rgb: l2}"])
+
+
+def test_an_epoch_is_passes_per_epoch_shuffled_passes(data):
+    cfg, _, _ = visarl.fit.resolve(TINY, None, ["run=x", f"data_dirs=[{data['labelled']}]", "passes_per_epoch=3"])
+    dm = stage.build_datamodule(cfg)
+    distinct = len(set(dm.train_set.ids.tolist()))
+    assert len(dm.train_set) == 3 * distinct
+    seen = np.concatenate([b["rgb"].flatten(1)[:, :64].numpy() for b in dm.train_dataloader()])
+    _, counts = np.unique(seen, axis=0, return_counts=True)
+    assert len(counts) <= distinct and (counts % 3 == 0).all()  # every frame exactly 3 times an epoch
+    assert len(seen) == 3 * distinct
+
+
+def test_peak_lr_reference_batch():
+    assert scaled_lr(1e-4, 512) == pytest.approx(2e-4)  # Table II's base lr as MultiMAE defines it
+    assert scaled_lr(1e-4, 512, None, 512) == pytest.approx(1e-4)  # the authors' fork on one device
+    assert scaled_lr(1e-4, 1024, None, 512) == pytest.approx(2e-4)  # ... on two
+
+
 # ---------------------------------------------------------------- figure 6 grid
 
 
@@ -317,3 +387,18 @@ def test_reconstruction_grid_pastes_predictions_into_hidden_patches_only():
         torch.testing.assert_close(pasted[~hidden], given[~hidden])
         assert not torch.allclose(pasted[hidden], given[hidden], atol=0.05)
         torch.testing.assert_close(tile(row, 0), unpatchify(given[None], 8)[0])
+
+
+@pytest.mark.parametrize("input_norm", ["imagenet", "none"])
+def test_grid_maps_a_perfect_prediction_back_to_the_pixels(input_norm):
+    """Targets live in the encoder's space (ImageNet-standardised rgb, per-patch normalised rgb_norm): a prediction
+    equal to its target is drawn as the input pixels."""
+    from visarl.mae.visualize import prediction_pixels
+
+    model = build_multimae("tiny", ("rgb", "saliency"), norm_rgb_output=True, input_norm=input_norm)
+    loss_fn = WeightedMSE.for_model(model)
+    x = {"rgb": torch.rand(2, 3, 64, 64), "saliency": torch.rand(2, 1, 64, 64)}
+    for name in ("rgb", "rgb_norm", "saliency"):
+        src = name.removesuffix("_norm")
+        pixels = prediction_pixels(model, loss_fn, name, loss_fn.target(name, x), x)
+        torch.testing.assert_close(pixels, patchify(x[src], 8), atol=1e-4, rtol=0)

@@ -2,7 +2,7 @@
 
 from visarl.mae.adapters import CrossAttention, PatchInputAdapter, SpatialDecoder, set_fused_attn
 from visarl.mae.frozen import FrameEmbedder, FrozenEncoder, encoder_digest, load_encoder, load_model, save_checkpoint
-from visarl.mae.loss import LossOutput, WeightedMSE, masked_mse, normalize_patches
+from visarl.mae.loss import LossOutput, ReconstructionLoss, WeightedMSE, masked_error, masked_mse, normalize_patches
 from visarl.mae.masking import allocate_budget, dirichlet_masks, sample_dirichlet, sample_masks, visible_ids
 from visarl.mae.multimae import (
     MODALITIES,
@@ -28,6 +28,7 @@ __all__ = [
     "MultiMAEEncoder",
     "MultiMAEOutput",
     "PatchInputAdapter",
+    "ReconstructionLoss",
     "SpatialDecoder",
     "WeightedMSE",
     "allocate_budget",
@@ -35,6 +36,7 @@ __all__ = [
     "dirichlet_masks",
     "load_encoder",
     "load_model",
+    "masked_error",
     "masked_mse",
     "normalize_patches",
     "patchify",

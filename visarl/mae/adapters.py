@@ -92,6 +92,9 @@ class SpatialDecoder(nn.Module):
 
     ``context_modalities`` is the encoder's token layout (each modality a block of ``grid[0]*grid[1]`` tokens, in
     this order); ``query_index`` says which block holds this decoder's own modality. Output ``[B, N, p*p*C]``.
+    ``residual=False`` is MultiMAE's ``SpatialOutputAdapter``: the cross-attention output replaces the queries and
+    the pixel head reads the last block directly; ``True`` adds a residual around the cross-attention and a
+    LayerNorm before the head.
     """
 
     def __init__(
@@ -107,9 +110,10 @@ class SpatialDecoder(nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
         fused_attn: bool = True,
+        residual: bool = False,
     ) -> None:
         super().__init__()
-        self.grid, self.query_index = grid, query_index
+        self.grid, self.query_index, self.residual = grid, query_index, residual
         self.num_tokens = grid[0] * grid[1]
         self.proj_context = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -123,7 +127,7 @@ class SpatialDecoder(nn.Module):
         self.blocks = nn.Sequential(
             *[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)]
         )
-        self.norm = norm_layer(dim)
+        self.norm = norm_layer(dim) if residual else nn.Identity()
         self.head = nn.Linear(dim, patch_size * patch_size * out_channels)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.modality_embed, std=0.02)
@@ -144,8 +148,9 @@ class SpatialDecoder(nn.Module):
         start = self.query_index * self.num_tokens
         queries = full[:, start : start + self.num_tokens]  # [B, N, d]
         context = torch.cat([glob, torch.gather(full, 1, idx)], dim=1)  # [B, G+K, d], now with embeddings
-        # residual around the cross-attention keeps each query's own position and content
-        x = queries + self.cross_attn(self.query_norm(queries), self.context_norm(context))
+        x = self.cross_attn(self.query_norm(queries), self.context_norm(context))
+        if self.residual:  # keeps each query's own position and content; MultiMAE relies on attention alone
+            x = queries + x
         x = x + self.mlp(self.mlp_norm(x))
         x = self.blocks(x)
         return self.head(self.norm(x))

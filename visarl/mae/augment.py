@@ -1,10 +1,12 @@
-"""RandomResizedCrop applied identically to every modality, batched on the device.
+"""Training augmentation applied identically to every modality, batched on the device: a left-right flip and,
+optionally, a random resized crop.
 
-ViSaRL pretrains with RandomResizedCrop (Table II). MultiMAE (``utils/datasets.py``,
-``DataAugmentationForMultiMAE``) draws one crop box per example with torchvision's ``get_params`` at
-``scale=(0.2, 1.0)``, ``ratio=(0.75, 1.3333)`` ("official MAE code uses (0.2, 1.0)") and applies that box
-to every modality, so rgb and saliency stay pixel-aligned; it also flips all modalities together with
-probability 0.5 (``--hflip``), which Table II does not list, so here it is a config key defaulting to 0.
+Table II lists "RandomResizedCrop", but the authors' fork does not crop: its ``dataset.py`` (``RealWorldData``,
+the class ``run_pretraining_multimae.py`` trains on) flips rgb and saliency together with probability 0.5 and the
+crop is commented out. :class:`PairedAugment` defaults to that flip alone. With ``crop=True`` it draws one crop box
+per example as MultiMAE's ``DataAugmentationForMultiMAE`` does (torchvision's ``get_params`` at
+``scale=(0.2, 1.0)``, ``ratio=(0.75, 1.3333)``) and applies that box to every modality, so rgb and saliency stay
+pixel-aligned.
 
 Instead of PIL crops per image in the DataLoader, a whole batch is cropped at once on the device by
 bilinear resampling (``grid_sample`` with one affine map per example): the frames travel as uint8 and the
@@ -97,14 +99,25 @@ def crop_resize(images: Tensor, boxes: Tensor, size: tuple[int, int], flip: Tens
     return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-class PairedRandomResizedCrop:
-    """One random box (and flip) per example, applied to every modality of a dict ``{name: [B, C, H, W]}``."""
+def paired_hflip(inputs: Mapping[str, Tensor], flip: Tensor) -> dict[str, Tensor]:
+    """Mirror left-right the examples where ``flip [B]`` is True, in every modality (exact: no resampling)."""
+    out = {}
+    for name, x in inputs.items():
+        where = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        out[name] = torch.where(where, x.flip(-1), x)
+    return out
+
+
+class PairedAugment:
+    """One random flip (and, with ``crop``, one random box) per example, applied to every modality of a dict
+    ``{name: [B, C, H, W]}``. ``hflip`` is the flip probability (the authors' fork: 0.5)."""
 
     def __init__(
         self,
+        crop: bool = False,
         scale: tuple[float, float] = (0.2, 1.0),
         ratio: tuple[float, float] = (0.75, 4.0 / 3.0),
-        hflip: float = 0.0,
+        hflip: float = 0.5,
     ) -> None:
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"crop scale must satisfy 0 < lo <= hi <= 1, got {scale}")
@@ -112,7 +125,7 @@ class PairedRandomResizedCrop:
             raise ValueError(f"crop ratio must satisfy 0 < lo <= hi, got {ratio}")
         if not 0 <= hflip <= 1:
             raise ValueError(f"hflip must be a probability, got {hflip}")
-        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+        self.crop, self.scale, self.ratio, self.hflip = crop, tuple(scale), tuple(ratio), hflip
 
     def __call__(self, inputs: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         ref = next(iter(inputs.values()))
@@ -120,12 +133,21 @@ class PairedRandomResizedCrop:
         for name, x in inputs.items():
             if tuple(x.shape[-2:]) != (height, width):
                 raise ValueError(f"modality {name!r} is {tuple(x.shape[-2:])}, not {(height, width)} like the others")
-        boxes = sample_crop_boxes(b, height, width, self.scale, self.ratio, generator, ref.device)
         flip = None
         if self.hflip > 0:
             dev = generator.device if generator is not None else ref.device
             flip = torch.rand(b, generator=generator, device=dev) < self.hflip
+        if not self.crop:
+            return paired_hflip(inputs, flip) if flip is not None else dict(inputs)
+        boxes = sample_crop_boxes(b, height, width, self.scale, self.ratio, generator, ref.device)
         # every modality in one resampling pass: same boxes by construction
         names = list(inputs)
         out = crop_resize(torch.cat([inputs[n] for n in names], dim=1), boxes, (height, width), flip)
         return dict(zip(names, out.split([inputs[n].shape[1] for n in names], dim=1), strict=True))
+
+
+def PairedRandomResizedCrop(  # noqa: N802 (the old class name, kept as a constructor)
+    scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (0.75, 4.0 / 3.0), hflip: float = 0.0
+) -> PairedAugment:
+    """A :class:`PairedAugment` that crops (Table II's RandomResizedCrop), flipping with probability ``hflip``."""
+    return PairedAugment(True, scale, ratio, hflip)

@@ -17,12 +17,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from visarl.mae.multimae import MultiMAE, MultiMAEEncoder
+from visarl.mae.multimae import MultiMAE, MultiMAEEncoder, upgrade_hparams
 
 CHECKPOINT_FORMAT = "visarl-multimae"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: hparams name final_norm, input_norm and decoder_residual; version 1 files load with their old values."""
 POOLINGS = ("mean", "global")
-ENCODER_HPARAMS = ("modalities", "image_size", "patch_size", "dim", "depth", "num_heads", "mlp_ratio", "global_token")
+ENCODER_HPARAMS = (
+    "modalities", "image_size", "patch_size", "dim", "depth", "num_heads", "mlp_ratio", "global_token", "final_norm",
+    "input_norm",
+)  # fmt: skip
 
 
 class FrozenEncoder(nn.Module):
@@ -177,6 +181,13 @@ def _read_checkpoint(path: Path) -> dict:
         raise bad(f"format is {ckpt.get('format')!r}" if isinstance(ckpt, dict) else f"holds a {type(ckpt).__name__}")
     if not isinstance(ckpt.get("hparams"), dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise bad("missing 'hparams' or 'state_dict'")
+    version = ckpt.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: {CHECKPOINT_FORMAT} checkpoint version {version!r}, but this visarl reads versions 1 to "
+            f"{CHECKPOINT_VERSION}; update visarl to load it"
+        )
+    ckpt["hparams"] = upgrade_hparams(ckpt["hparams"], version)
     return ckpt
 
 

@@ -1,7 +1,7 @@
 """The MultiMAE pretraining LightningModule (ViSaRL Sec. II-C, Table II; MultiMAE's training loop).
 
 The network and loss are passed in (plain nn.Modules); this module holds the step logic: uint8 frames to [0, 1]
-floats on the device, the shared RandomResizedCrop, Dirichlet masking, the WeightedMSE terms, AdamW with the
+floats on the device, the paired flip (or crop), Dirichlet masking, the reconstruction terms, AdamW with the
 per-step warmup + cosine schedule, and logging (each loss term, lr, images/s, Figure-6 reconstruction grids).
 
 Randomness (crops, masks) comes from one generator per rank seeded from ``(seed, rank, global_step)`` when fitting
@@ -20,8 +20,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from visarl.mae.augment import PairedRandomResizedCrop
-from visarl.mae.loss import LossOutput, WeightedMSE
+from visarl.mae.augment import PairedAugment
+from visarl.mae.loss import LossOutput, ReconstructionLoss
 from visarl.mae.multimae import MultiMAE
 from visarl.mae.optim import adamw, scaled_lr, warmup_cosine_lr
 from visarl.mae.visualize import reconstruction_grid
@@ -30,18 +30,19 @@ from visarl.mae.visualize import reconstruction_grid
 class MultiMAEModule(pl.LightningModule):
     """Masked multi-modal pretraining of ``model`` with ``loss_fn``; batches are dicts of uint8 ``[B, C, H, W]``.
 
-    ``batch_size`` is per device: the peak learning rate is ``base_lr * batch_size * world_size / 256``.
+    ``batch_size`` is per device: the peak learning rate is ``base_lr * batch_size * world_size / lr_reference_batch``
+    (``lr_reference_batch=None``: divided by ``batch_size``, the authors' fork).
     ``log_images_every_n_epochs = 0`` turns the reconstruction grids off.
     """
 
     def __init__(
         self,
         model: MultiMAE,
-        loss_fn: WeightedMSE,
+        loss_fn: ReconstructionLoss,
         batch_size: int,
         num_visible: int = 32,
         alpha: float = 1.0,
-        crop: PairedRandomResizedCrop | None = None,
+        augment: PairedAugment | None = None,
         base_lr: float = 1e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -52,10 +53,12 @@ class MultiMAEModule(pl.LightningModule):
         log_images_every_n_epochs: int = 10,
         num_log_images: int = 4,
         compile: bool = False,
+        lr_reference_batch: int | None = 256,
     ) -> None:
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
-        self.batch_size, self.num_visible, self.alpha, self.crop = batch_size, num_visible, alpha, crop
+        self.batch_size, self.num_visible, self.alpha, self.augment = batch_size, num_visible, alpha, augment
+        self.lr_reference_batch = lr_reference_batch
         self.base_lr, self.weight_decay, self.betas = base_lr, weight_decay, tuple(betas)
         self.warmup_lr, self.min_lr, self.warmup_epochs = warmup_lr, min_lr, warmup_epochs
         self.seed = seed
@@ -97,7 +100,7 @@ class MultiMAEModule(pl.LightningModule):
             trainer.fit_loop.setup_data()
         batches = trainer.num_training_batches
         per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else total
-        peak = scaled_lr(self.base_lr, self.batch_size * trainer.world_size)
+        peak = scaled_lr(self.base_lr, self.batch_size * trainer.world_size, self.lr_reference_batch, self.batch_size)
         warmup = min(round(self.warmup_epochs * per_epoch), total)
         self.schedule = dict(peak_lr=peak, total_steps=total, warmup_steps=warmup, steps_per_epoch=per_epoch)
         opt = adamw(self.model, peak, self.weight_decay, self.betas)
@@ -129,8 +132,8 @@ class MultiMAEModule(pl.LightningModule):
             self.first_batch_sum = float(sum(v.double().sum() for v in x.values()))
         if self._viz_batch is None:
             self._viz_batch = {m: v[: self.num_log_images].detach().clone() for m, v in x.items()}
-        if self.crop is not None:
-            x = self.crop(x, self._rng)
+        if self.augment is not None:
+            x = self.augment(x, self._rng)
         out = self.model(x, self.num_visible, self.alpha, generator=self._rng)
         loss = self.loss_fn(out.preds, x, out.masks)
         self._log_terms("train", loss, b)
@@ -153,7 +156,7 @@ class MultiMAEModule(pl.LightningModule):
         x = self.to_unit(batch)
         b = next(iter(x.values())).shape[0]
         if batch_idx == 0:
-            # preferred over training frames for the grids: held-out and never cropped
+            # preferred over training frames for the grids: held-out and never augmented
             self._viz_batch = {m: v[: self.num_log_images].detach().clone() for m, v in x.items()}
         out = self.model(x, self.num_visible, self.alpha, generator=self._val_rng)
         loss = self.loss_fn(out.preds, x, out.masks)

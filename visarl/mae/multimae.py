@@ -7,6 +7,13 @@ light decoder per modality (one cross-attention layer over all encoded tokens, t
 loss on masked patches only (:mod:`visarl.mae.loss`). For RL the encoder is frozen and sees every token
 (:mod:`visarl.mae.frozen`).
 
+Where the paper is silent the defaults follow the authors' MultiMAE fork (github aliang8/MultiMAE): the encoder
+carries one learned global token and ends at its last transformer block (no final LayerNorm, as MultiMAE's
+pretraining encoder); rgb enters standardised with the ImageNet mean and std; each decoder's cross-attention has
+no residual and its pixel head no LayerNorm before it (MultiMAE's ``SpatialOutputAdapter``). The older visarl
+choices stay as constructor values (``final_norm``, ``input_norm="none"``, ``decoder_residual``), and
+:func:`upgrade_hparams` gives checkpoints written before them their old values.
+
 Modalities travel as dicts ``{"rgb": [B, 3, H, W] in [0, 1], "saliency": [B, 1, H, W] in [0, 1]}``; the token
 sequence is always the modalities' blocks in the constructor's order. Adding a modality is one
 :data:`MODALITIES` entry.
@@ -33,7 +40,9 @@ class ModalitySpec:
     channels: int
     """Image channels ``C``; a patch of it is ``p*p*C`` numbers."""
     loss_weight: float = 1.0
-    """Weight of its reconstruction term in the total loss (MultiMAE weighs all tasks 1)."""
+    """Weight of its reconstruction term in the total loss."""
+    loss: str = "mse"
+    """Per-pixel error of its reconstruction term: ``"mse"`` or ``"l1"`` (see :mod:`visarl.mae.loss`)."""
     input_adapter: type[nn.Module] = PatchInputAdapter
     """Built as ``input_adapter(channels, image_size, patch_size, dim)``."""
     output_adapter: type[nn.Module] = SpatialDecoder
@@ -42,12 +51,48 @@ class ModalitySpec:
 
 MODALITIES: dict[str, ModalitySpec] = {
     "rgb": ModalitySpec(channels=3),
-    "saliency": ModalitySpec(channels=1),
+    # the authors' fork: MaskedL1Loss for saliency, its term multiplied by 10 ("upweight saliency loss")
+    "saliency": ModalitySpec(channels=1, loss_weight=10.0, loss="l1"),
 }
 """The modality table. Outputs named ``<modality>_norm`` (e.g. ``rgb_norm``) are extra decoders of that modality
 whose target is per-patch normalised (see :class:`visarl.mae.loss.WeightedMSE`)."""
 
 NORM_SUFFIX = "_norm"
+
+INPUT_NORMS = ("imagenet", "none")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+LEGACY_HPARAMS: dict[str, Any] = {"final_norm": True, "input_norm": "none", "decoder_residual": True}
+"""What checkpoints of format version 1 (written before these hparams existed) were trained with."""
+
+
+def upgrade_hparams(hparams: Mapping[str, Any], version: int) -> dict[str, Any]:
+    """Constructor hparams of a checkpoint of format ``version``, with the values older versions implied."""
+    hp = dict(hparams)
+    if version < 2:
+        for key, value in LEGACY_HPARAMS.items():
+            hp.setdefault(key, value)
+    return hp
+
+
+def normalize_input(name: str, x: Tensor, input_norm: str) -> Tensor:
+    """Modality ``name`` ``[B, C, H, W]`` in [0, 1] as the encoder sees it: rgb standardised per channel with
+    ImageNet statistics under ``input_norm="imagenet"`` (the authors' fork), anything else unchanged."""
+    if input_norm == "none" or name != "rgb":
+        return x
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize_input(name: str, x: Tensor, input_norm: str) -> Tensor:
+    """Inverse of :func:`normalize_input`: encoder-space images back to [0, 1] pixels."""
+    if input_norm == "none" or name != "rgb":
+        return x
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return x * std + mean
 
 
 def output_source(name: str) -> str:
@@ -66,6 +111,8 @@ class MultiMAEEncoder(nn.Module):
 
     ``G`` is 1 with ``global_token`` (a learned token placed first, like ViT's class token) and 0 otherwise;
     ``K`` is the number of tokens kept: all tokens of the modalities given, or those in ``ids_visible``.
+    Inputs are images in [0, 1]; ``input_norm`` says how rgb is standardised before its patch projection.
+    ``final_norm`` adds a LayerNorm after the last block (ViT/MAE; MultiMAE's pretraining encoder has none).
     """
 
     def __init__(
@@ -77,10 +124,14 @@ class MultiMAEEncoder(nn.Module):
         depth: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
-        global_token: bool = False,
+        global_token: bool = True,
+        final_norm: bool = False,
+        input_norm: str = "imagenet",
         fused_attn: bool = True,
     ) -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm {input_norm!r} is not one of {INPUT_NORMS}")
         if not modalities or len(set(modalities)) != len(modalities):
             raise ValueError(f"modalities must be a non-empty tuple of distinct names, got {modalities!r}")
         self.modalities = tuple(modalities)
@@ -95,7 +146,8 @@ class MultiMAEEncoder(nn.Module):
         self.blocks = nn.Sequential(
             *[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)]
         )
-        self.norm = norm_layer(dim)
+        self.input_norm = input_norm
+        self.norm = norm_layer(dim) if final_norm else nn.Identity()
         if self.global_token is not None:
             nn.init.trunc_normal_(self.global_token, std=0.02)
         set_fused_attn(self, fused_attn)
@@ -119,7 +171,9 @@ class MultiMAEEncoder(nn.Module):
 
     def tokenize(self, inputs: Mapping[str, Tensor], present: list[str]) -> Tensor:
         """All tokens of the given modalities, concatenated in token order: ``[B, len(present) * N, D]``."""
-        return torch.cat([self.input_adapters[m](inputs[m]) for m in present], dim=1)
+        return torch.cat(
+            [self.input_adapters[m](normalize_input(m, inputs[m], self.input_norm)) for m in present], dim=1
+        )
 
     def forward(self, inputs: Mapping[str, Tensor], ids_visible: Tensor | None = None) -> Tensor:
         """Encode all tokens of the modalities given, or (all modalities needed) only those in ``ids_visible``."""
@@ -148,6 +202,8 @@ class MultiMAE(nn.Module):
 
     Outputs are one per modality, plus ``rgb_norm`` when ``norm_rgb_output`` (a second rgb decoder trained on
     per-patch normalised pixels, as the ViSaRL authors' code did, while ``rgb`` keeps raw pixels for viewing).
+    ``decoder_residual``: a residual around each decoder's cross-attention and a LayerNorm before its pixel head
+    (visarl's first decoder); False is MultiMAE's output adapter.
     ``MultiMAE(("rgb",))`` is the rgb-only baseline with the same code.
     """
 
@@ -163,8 +219,11 @@ class MultiMAE(nn.Module):
         decoder_dim: int = 256,
         decoder_depth: int = 3,
         decoder_heads: int = 4,
-        global_token: bool = False,
+        global_token: bool = True,
         norm_rgb_output: bool = False,
+        final_norm: bool = False,
+        input_norm: str = "imagenet",
+        decoder_residual: bool = False,
         fused_attn: bool = True,
     ) -> None:
         super().__init__()
@@ -176,11 +235,13 @@ class MultiMAE(nn.Module):
             modalities=list(modalities), image_size=image_size, patch_size=patch_size, dim=dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
             decoder_heads=decoder_heads, global_token=global_token, norm_rgb_output=norm_rgb_output,
+            final_norm=final_norm, input_norm=input_norm, decoder_residual=decoder_residual,
         )  # fmt: skip
         self.modalities, self.patch_size = modalities, patch_size
         self.encoder = MultiMAEEncoder(
-            modalities, image_size, patch_size, dim, depth, num_heads, mlp_ratio, global_token, fused_attn
-        )
+            modalities, image_size, patch_size, dim, depth, num_heads, mlp_ratio, global_token, final_norm, input_norm,
+            fused_attn,
+        )  # fmt: skip
         self.outputs = modalities + (("rgb" + NORM_SUFFIX,) if norm_rgb_output else ())
         self.decoders = nn.ModuleDict()
         for name in self.outputs:
@@ -188,7 +249,7 @@ class MultiMAE(nn.Module):
             spec = _spec(src)
             self.decoders[name] = spec.output_adapter(
                 spec.channels, patch_size, self.encoder.grid, len(modalities), modalities.index(src), dim,
-                decoder_dim, decoder_depth, decoder_heads, mlp_ratio, fused_attn,
+                decoder_dim, decoder_depth, decoder_heads, mlp_ratio, fused_attn, decoder_residual,
             )  # fmt: skip
         self.apply(_init_linear)
 
@@ -200,6 +261,10 @@ class MultiMAE(nn.Module):
     def loss_weights(self) -> dict[str, float]:
         """Output name -> loss weight from the modality table."""
         return {name: _spec(output_source(name)).loss_weight for name in self.outputs}
+
+    def loss_kinds(self) -> dict[str, str]:
+        """Output name -> per-pixel error (``"mse"`` / ``"l1"``) from the modality table."""
+        return {name: _spec(output_source(name)).loss for name in self.outputs}
 
     def set_fused_attn(self, fused: bool) -> None:
         """True: ``F.scaled_dot_product_attention``; False: the eager softmax(QK^T)V baseline."""
@@ -245,7 +310,7 @@ class MultiMAE(nn.Module):
         return MultiMAEOutput(preds, dict(masks), ids)
 
     def forward_features(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        """No masking: tokens ``[B, G + M*N, D]`` of the modalities given ([B, 128, D] for rgb+saliency, G=0)."""
+        """No masking: tokens ``[B, G + M*N, D]`` of the modalities given ([B, 129, D] for rgb+saliency, G=1)."""
         return self.encoder(inputs)
 
     def frozen_encoder(self, modalities: tuple[str, ...] | None = None, pooling: str = "mean") -> nn.Module:

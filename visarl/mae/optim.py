@@ -1,7 +1,10 @@
 """The MultiMAE optimiser recipe (ViSaRL Table II, "the same training hyperparameters as the MultiMAE paper").
 
-- Learning rate: ``base_lr * total_batch / 256`` (MultiMAE ``run_pretraining_multimae.py``: ``args.lr = args.blr *
-  total_batch_size / 256`` with total batch = per-device batch x world size).
+- Learning rate: ``base_lr * total_batch / 256``, the "base learning rate" of Table II as MultiMAE defines it
+  (``run_pretraining_multimae.py``: ``args.lr = args.blr * total_batch_size / 256`` with total batch = per-device
+  batch x world size). The ViSaRL authors' fork divides by the per-device batch instead
+  (``args.blr * total_batch_size / args.batch_size``), so its peak is ``base_lr x devices``: 1e-4 on their one GPU
+  where the MultiMAE reading gives 2e-4 at batch 512. ``reference_batch=None`` reproduces the fork.
 - Schedule, set every optimiser step: linear warmup from ``warmup_lr`` to the peak over ``warmup_epochs``, then
   a half cosine down towards ``min_lr`` (MultiMAE ``utils.cosine_scheduler``: ``np.linspace`` warmup that
   reaches the peak on its last step, then ``min + (peak - min) * (1 + cos(pi * i / n)) / 2`` for the
@@ -19,9 +22,15 @@ import torch
 from torch import nn
 
 
-def scaled_lr(base_lr: float, total_batch: int) -> float:
-    """Peak learning rate for a total (all devices) batch: ``base_lr * total_batch / 256``."""
-    return base_lr * total_batch / 256
+def scaled_lr(base_lr: float, total_batch: int, reference_batch: int | None = 256, device_batch: int = 0) -> float:
+    """Peak learning rate for a total (all devices) batch: ``base_lr * total_batch / reference_batch``.
+
+    ``reference_batch=None`` divides by ``device_batch`` (the per-device batch), as the authors' fork does.
+    """
+    ref = reference_batch if reference_batch is not None else device_batch
+    if ref <= 0:
+        raise ValueError(f"learning-rate reference batch must be positive, got {ref}")
+    return base_lr * total_batch / ref
 
 
 def warmup_cosine_lr(

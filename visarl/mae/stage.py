@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice
 from visarl.launch import prepare_ddp_launch
-from visarl.mae.augment import PairedRandomResizedCrop
+from visarl.mae.augment import PairedAugment
 from visarl.mae.frozen import save_checkpoint
-from visarl.mae.loss import WeightedMSE
-from visarl.mae.multimae import MODALITIES, MODEL_SIZES, MultiMAE
+from visarl.mae.loss import LOSS_KINDS, REDUCTIONS, ReconstructionLoss
+from visarl.mae.multimae import INPUT_NORMS, MODALITIES, MODEL_SIZES, NORM_SUFFIX, MultiMAE, output_source
 from visarl.registry import RunContext, register_stage
 
 PAPER_EPOCHS = 200
@@ -58,10 +59,18 @@ class ModelConfig:
     """Input side in pixels; must match the frames."""
     patch_size: int = 8
     """Patch side in pixels (8: 64 tokens per modality at 64x64)."""
-    global_token: bool = False
-    """Add a learned global token to the encoder (RL can pool with it instead of the mean)."""
+    global_token: bool = True
+    """A learned global token in the encoder (the authors' fork: num_global_tokens 1); RL pools the mean of the
+    other tokens by default (Sec. II-D), or this token."""
+    final_norm: bool = False
+    """LayerNorm after the last encoder block (ViT/MAE); MultiMAE's pretraining encoder, the authors', has none."""
+    input_norm: str = "imagenet"
+    """'imagenet': rgb standardised with ImageNet mean/std before the encoder, and as the rgb target (the authors'
+    fork); 'none': rgb in [0, 1]."""
+    decoder_residual: bool = False
+    """Residual around each decoder's cross-attention and a LayerNorm before its head; False: MultiMAE's decoder."""
     norm_rgb_output: bool = True
-    """Extra rgb decoder trained on per-patch normalised pixels (MultiMAE's extra_norm_pix_loss); 13.0M params."""
+    """Extra rgb decoder trained on per-patch normalised pixels (MultiMAE's extra_norm_pix_loss)."""
     fused_attn: bool | None = None
     """Attention kernel: True F.scaled_dot_product_attention, False softmax(QK^T)V; None: fused on GPU, eager on CPU
     (eager measured faster under bf16 on the 2-core CPU, see benchmarks/multimae_speed.py)."""
@@ -71,6 +80,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         choice("model.size", self.size, list(MODEL_SIZES))
+        choice("model.input_norm", self.input_norm, list(INPUT_NORMS))
         for key in ("dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "decoder_heads"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -89,7 +99,10 @@ class OptimConfig:
     """AdamW and its schedule, as MultiMAE trains (Table II)."""
 
     base_lr: float = 1e-4
-    """Learning rate per 256 examples: the peak is base_lr * batch_size * devices * nodes / 256."""
+    """Table II's base learning rate: the peak is base_lr * batch_size * devices * nodes / lr_reference_batch."""
+    lr_reference_batch: int | None = 256
+    """Batch the base rate refers to: 256 (MultiMAE's definition, the one Table II cites); null: the per-device
+    batch, i.e. peak = base_lr * devices * nodes (the authors' fork, 1e-4 on their one GPU)."""
     weight_decay: float = 0.05
     """AdamW decoupled weight decay (none on norms, biases, tokens and embeddings)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -107,20 +120,23 @@ class OptimConfig:
         for key in ("base_lr", "warmup_lr", "min_lr", "weight_decay", "warmup_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"optim.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.lr_reference_batch is not None and self.lr_reference_batch <= 0:
+            raise ConfigError(f"optim.lr_reference_batch: positive or null expected, got {self.lr_reference_batch}")
 
 
 @dataclass
 class AugmentConfig:
-    """RandomResizedCrop with one box per example shared by all modalities (MultiMAE's DataAugmentationForMultiMAE)."""
+    """Training-frame augmentation, the same draw for every modality of an example (never applied to validation)."""
 
-    crop: bool = True
-    """Apply the random resized crop to training frames (never to validation frames)."""
+    crop: bool = False
+    """Random resized crop (Table II's RandomResizedCrop, MultiMAE's DataAugmentationForMultiMAE); the authors' fork
+    trains without it (commented out in its dataset.py) and only flips."""
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
     """Range of the crop's area as a fraction of the frame (MultiMAE/MAE: 0.2 to 1)."""
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
     """Range of the crop's aspect ratio (MultiMAE/MAE: 3/4 to 4/3)."""
-    hflip: float = 0.0
-    """Probability of a left-right flip of all modalities (MultiMAE: 0.5; Table II lists only the crop)."""
+    hflip: float = 0.5
+    """Probability of a left-right flip of all modalities together (the authors' fork and MultiMAE: 0.5)."""
 
     def __post_init__(self) -> None:
         lo, hi = (self.crop_scale + [0, 0])[:2]
@@ -151,14 +167,27 @@ class PretrainConfig(RunConfig):
     """DataLoader worker processes (cached frames are a numpy gather away: 0 is usually enough)."""
     val_fraction: float = 0.02
     """Share of frames (whole episodes) held out for val/loss; 0 disables validation."""
-    num_visible: int = 32
-    """Tokens the encoder sees, shared across modalities (Table II: 32 of 2 x 64)."""
+    num_visible: int | None = None
+    """Tokens the encoder sees, shared across modalities; null: (1 - mask_ratio) of all tokens, i.e. Table II's 32 of
+    2 x 64 for rgb + saliency and 16 of 64 for rgb alone."""
+    mask_ratio: float = 0.75
+    """Share of tokens hidden when num_visible is null (Sec. II-B: "a high masking ratio m = 0.75")."""
+    passes_per_epoch: int = 20
+    """Passes over the training frames in one epoch: the authors' fork repeats its dataset 20 times per epoch
+    (``__len__`` is 20 x frames), so Table II's 200 epochs and 40 warmup epochs count such epochs."""
     alpha: float = 1.0
     """Dirichlet concentration of the per-example split of visible tokens across modalities."""
     norm_rgb: bool = True
     """Per-patch normalised rgb targets (with model.norm_rgb_output it is the extra decoder that gets them)."""
     loss_weights: dict[str, float] = field(default_factory=dict)
-    """Per-output loss weights (rgb, rgb_norm, saliency); unnamed outputs weigh 1 (MultiMAE)."""
+    """Per-output loss weights (rgb, rgb_norm, saliency); unnamed outputs take the modality table's (saliency 10, as
+    the authors' fork; the others 1)."""
+    losses: dict[str, str] = field(default_factory=dict)
+    """Per-output error, 'mse' or 'l1'; unnamed outputs take the modality table's (rgb mse, saliency l1, as the
+    authors' fork; rgb_norm follows rgb)."""
+    loss_reduction: str = "per_example"
+    """'per_example': mean over each example's hidden pixels, then over examples (MultiMAE); 'pooled': over all
+    hidden patches of the batch (MAE)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The network."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -180,20 +209,30 @@ class PretrainConfig(RunConfig):
         if self.model.norm_rgb_output and "rgb" not in self.modalities:
             raise ConfigError("model.norm_rgb_output needs rgb in modalities")
         tokens = (self.model.image_size // self.model.patch_size) ** 2 * len(self.modalities)
+        if not 0 <= self.mask_ratio < 1:
+            raise ConfigError(f"mask_ratio: must be in [0, 1), got {self.mask_ratio}")
+        if self.num_visible is None:  # filled in, so the resolved config names the number
+            self.num_visible = max(1, round(tokens * (1 - self.mask_ratio)))
         if not 0 < self.num_visible <= tokens:
             raise ConfigError(
                 f"num_visible: must be in [1, {tokens}] ({len(self.modalities)} modalities), got {self.num_visible}"
             )
         if self.batch_size <= 0 or self.num_workers < 0 or self.num_log_images < 0:
             raise ConfigError("batch_size must be positive, num_workers and num_log_images non-negative")
+        if self.passes_per_epoch <= 0:
+            raise ConfigError(f"passes_per_epoch: must be positive, got {self.passes_per_epoch}")
+        choice("loss_reduction", self.loss_reduction, list(REDUCTIONS))
+        for name, kind in self.losses.items():
+            choice(f"losses.{name}", kind, list(LOSS_KINDS))
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.alpha <= 0:
             raise ConfigError(f"alpha: must be positive, got {self.alpha}")
-        outputs = set(self.modalities) | ({"rgb_norm"} if self.model.norm_rgb_output else set())
-        unknown = sorted(set(self.loss_weights) - outputs)
-        if unknown:
-            raise ConfigError(f"loss_weights: {unknown} are not outputs of this model {sorted(outputs)}")
+        outputs = set(self.modalities) | ({"rgb" + NORM_SUFFIX} if self.model.norm_rgb_output else set())
+        for key in ("loss_weights", "losses"):
+            unknown = sorted(set(getattr(self, key)) - outputs)
+            if unknown:
+                raise ConfigError(f"{key}: {unknown} are not outputs of this model {sorted(outputs)}")
 
     def resolved_data_dirs(self) -> list[Path]:
         return [Path(d) for d in self.data_dirs] if self.data_dirs else [Path("data") / self.task / "replay"]
@@ -204,14 +243,28 @@ def build_model(cfg: PretrainConfig, fused_attn: bool = True) -> MultiMAE:
     m = cfg.model
     return MultiMAE(
         tuple(cfg.modalities), m.image_size, m.patch_size, mlp_ratio=m.mlp_ratio, global_token=m.global_token,
-        norm_rgb_output=m.norm_rgb_output, fused_attn=fused_attn, **m.widths(),
+        norm_rgb_output=m.norm_rgb_output, final_norm=m.final_norm, input_norm=m.input_norm,
+        decoder_residual=m.decoder_residual, fused_attn=fused_attn, **m.widths(),
     )  # fmt: skip
 
 
-def build_loss(cfg: PretrainConfig, model: MultiMAE) -> WeightedMSE:
-    loss_fn = WeightedMSE.for_model(model, norm_rgb=cfg.norm_rgb)
+def build_loss(cfg: PretrainConfig, model: MultiMAE) -> ReconstructionLoss:
+    """The model's table loss, with the config's per-output weights and kinds on top."""
+    loss_fn = ReconstructionLoss.for_model(model, norm_rgb=cfg.norm_rgb, reduction=cfg.loss_reduction)
     loss_fn.weights.update(cfg.loss_weights)
+    for name, kind in cfg.losses.items():
+        loss_fn.kinds[name] = kind
+        if name == output_source(name) and name + NORM_SUFFIX in model.outputs and name + NORM_SUFFIX not in cfg.losses:
+            loss_fn.kinds[name + NORM_SUFFIX] = kind  # rgb_norm follows rgb unless named
     return loss_fn
+
+
+def build_augment(cfg: PretrainConfig) -> PairedAugment | None:
+    """The training augmentation a config describes, or None when it does nothing."""
+    a = cfg.augment
+    if not a.crop and a.hflip == 0:
+        return None
+    return PairedAugment(a.crop, tuple(a.crop_scale), tuple(a.crop_ratio), a.hflip)
 
 
 def build_datamodule(cfg: PretrainConfig) -> Any:
@@ -230,6 +283,9 @@ def build_datamodule(cfg: PretrainConfig) -> Any:
         raise ConfigError(f"pretrain data: {e}") from e
     except ValueError as e:  # e.g. too few episodes for a validation split
         raise ConfigError(f"pretrain data in {[str(d) for d in dirs]}: {e}") from e
+    if cfg.passes_per_epoch > 1:
+        # each frame passes_per_epoch times per epoch, in one shuffled order (the fork's 20 x dataset length)
+        dm.train_set = dm.train_set.subset(np.tile(dm.train_set.ids, cfg.passes_per_epoch))
     size = dm.dataset.shapes["rgb" if "rgb" in dm.dataset.shapes else cfg.modalities[0]][-1]
     if size != cfg.model.image_size:
         raise ConfigError(
@@ -327,12 +383,11 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
         cfg.model.fused_attn if cfg.model.fused_attn is not None else isinstance(trainer.accelerator, CUDAAccelerator)
     )
     model = build_model(cfg, fused_attn=fused)
-    o, a = cfg.optim, cfg.augment
-    crop = PairedRandomResizedCrop(tuple(a.crop_scale), tuple(a.crop_ratio), a.hflip) if a.crop else None
+    o = cfg.optim
     module = MultiMAEModule(
-        model, build_loss(cfg, model), cfg.batch_size, cfg.num_visible, cfg.alpha, crop, o.base_lr, o.weight_decay,
-        tuple(o.betas), o.warmup_lr, o.min_lr, o.warmup_epochs, cfg.seed, cfg.log_images_every_n_epochs,
-        cfg.num_log_images, cfg.model.compile,
+        model, build_loss(cfg, model), cfg.batch_size, cfg.num_visible, cfg.alpha, build_augment(cfg), o.base_lr,
+        o.weight_decay, tuple(o.betas), o.warmup_lr, o.min_lr, o.warmup_epochs, cfg.seed,
+        cfg.log_images_every_n_epochs, cfg.num_log_images, cfg.model.compile, o.lr_reference_batch,
     )  # fmt: skip
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if ctx.resume and last.is_file() else None
@@ -355,7 +410,9 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
         "fused_attn": fused,
         "precision": t.precision,
         "schedule": module.schedule,
-        "train_frames": len(dm.train_set),
+        "train_frames": len(dm.train_set) // cfg.passes_per_epoch,
+        "passes_per_epoch": cfg.passes_per_epoch,
+        "num_visible": cfg.num_visible,
         "val_frames": len(dm.val_set) if dm.val_set is not None else 0,
         "metrics": metrics,
         "rank_fingerprints": record.fingerprints,

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from visarl.mae.loss import WeightedMSE
-from visarl.mae.multimae import MultiMAE
+from visarl.mae.loss import ReconstructionLoss
+from visarl.mae.multimae import MultiMAE, denormalize_input
 from visarl.mae.patches import patchify, unpatchify
 
 
@@ -41,26 +41,31 @@ def make_grid(tiles: Sequence[Sequence[Tensor]], pad: int = 2, value: float = 1.
 
 
 def prediction_pixels(
-    model: MultiMAE, loss_fn: WeightedMSE, name: str, pred: Tensor, inputs: Mapping[str, Tensor]
+    model: MultiMAE, loss_fn: ReconstructionLoss, name: str, pred: Tensor, inputs: Mapping[str, Tensor]
 ) -> Tensor:
     """Output ``name``'s predicted patches ``[B, N, P]`` as pixels of its modality ``[B, N, P]``.
 
     A decoder trained on per-patch normalised targets predicts standardised patches; MAE's visualisation maps them
-    back with the true patch's mean and std (so such a panel shows structure, not absolute brightness).
+    back with the true patch's mean and std (so such a panel shows structure, not absolute brightness). Predictions
+    in the encoder's standardised rgb space are mapped back to [0, 1] pixels.
     """
     src = name.removesuffix("_norm")
-    if name in loss_fn.normalize or name.endswith("_norm"):
-        target = patchify(inputs[src].float(), model.patch_size)
+    pred = pred.float()
+    if loss_fn.is_normalized(name):
+        target = patchify(loss_fn.model_space(src, inputs[src]), model.patch_size)
         mean = target.mean(-1, keepdim=True)
-        std = (target.var(-1, keepdim=True, unbiased=False) + loss_fn.eps).sqrt()
-        return pred.float() * std + mean
-    return pred.float()
+        std = (target.var(-1, keepdim=True, unbiased=True) + loss_fn.eps).sqrt()
+        pred = pred * std + mean
+    if loss_fn.input_norm == "none":
+        return pred
+    image = unpatchify(pred, model.patch_size, model.encoder.grid)
+    return patchify(denormalize_input(src, image, loss_fn.input_norm), model.patch_size)
 
 
 @torch.no_grad()
 def reconstruction_grid(
     model: MultiMAE,
-    loss_fn: WeightedMSE,
+    loss_fn: ReconstructionLoss,
     inputs: Mapping[str, Tensor],
     num_masks: int = 3,
     num_visible: int = 32,
