@@ -74,9 +74,9 @@ def test_simulated_stage_end_to_end(tiny_data, tmp_path):
     assert counts.min() >= 5 and counts.max() <= 60 and 12 <= counts.mean() <= 38
     # Maps are the Gaussians of the stored clicks; their peaks sit on projected keypoints (independent camera).
     np.testing.assert_allclose(ann.maps, ann.rebuild_maps(), atol=1e-6)
-    from visarl.envs import MetaWorldPixelEnv, keypoints_from_states
+    from visarl.envs import DEFAULT_CAMERA, MetaWorldPixelEnv, keypoints_from_states
 
-    env = MetaWorldPixelEnv("reach", image_size=64, camera="corner4")
+    env = MetaWorldPixelEnv("reach", image_size=64, camera=DEFAULT_CAMERA)
     xy, visible = keypoints_from_states(_states_at(tiny_data, ann.refs), env.camera_model, env.n_objects)
     env.close()
     assert visible.all()

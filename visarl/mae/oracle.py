@@ -37,13 +37,13 @@ def label_shards_with_oracle(
     The camera comes from each shard's ``task``, ``camera`` and ``image_size`` attributes (one env is built per
     distinct triple to read its fixed camera pose; nothing is rendered per frame).
     """
-    from visarl.envs import keypoints_from_states, make_env
+    from visarl.envs import DEFAULT_CAMERA, keypoints_from_states, make_env
 
     cameras: dict[tuple, tuple] = {}
     total = 0
     for path in list_shards(data_dir):
         reader = ShardReader(path)
-        key = (reader.attrs["task"], reader.attrs.get("camera", "corner4"), int(reader.attrs["image_size"]))
+        key = (reader.attrs["task"], reader.attrs.get("camera", DEFAULT_CAMERA), int(reader.attrs["image_size"]))
         if key not in cameras:
             env = make_env(key[0], image_size=key[2], camera=key[1])
             cameras[key] = (env.camera_model, env.n_objects)
