@@ -1,4 +1,4 @@
-"""visarl.annotate.maps: clicks -> Gaussian saliency maps, checked against a per-pixel loop."""
+"""visarl.annotate.maps (re-exporting visarl.core.maps): clicks -> Gaussian saliency maps, against a per-pixel loop."""
 
 from __future__ import annotations
 
@@ -61,13 +61,14 @@ def test_sigma_scales_with_reference_size():
     assert frame_sigma(10.0, 64, 64, 224) == pytest.approx(10 * 64 / 224)
     assert frame_sigma(10.0, 48, 96, 224) == pytest.approx(10 * 96 / 224)  # the longer side
     assert frame_sigma(4.0, 64, 64, None) == 4.0
-    m112 = clicks_to_map([[50.0, 40.0]], 112, 112)  # defaults: sigma 10 at 224
-    assert m112[40, 55] == pytest.approx(math.exp(-0.5), rel=1e-6)
-    m224 = clicks_to_map([[100.0, 80.0]], 224, 224)
-    assert m224[80, 110] == pytest.approx(math.exp(-0.5), rel=1e-6)
+    # Defaults: sigma 10 px at 400 px (the authors' annotation page), so 5 px at 200 and 1.6 px at 64.
+    assert frame_sigma(10.0, 64, 64) == pytest.approx(1.6)
+    m200 = clicks_to_map([[50.0, 40.0]], 200, 200)
+    assert m200[40, 55] == pytest.approx(math.exp(-0.5), rel=1e-6)
+    m400 = clicks_to_map([[100.0, 80.0]], 400, 400)
+    assert m400[80, 110] == pytest.approx(math.exp(-0.5), rel=1e-6)
     m64 = clicks_to_map([[30.0, 30.0]], 64, 64)
-    s = 10 * 64 / 224
-    assert m64[30, 33] == pytest.approx(math.exp(-0.5 * (3 / s) ** 2), rel=1e-6)
+    assert m64[30, 32] == pytest.approx(math.exp(-0.5 * (2 / 1.6) ** 2), rel=1e-6)
 
 
 def test_empty_clicks_give_zeros():
@@ -78,9 +79,12 @@ def test_empty_clicks_give_zeros():
 
 
 def test_fractional_click_between_pixels():
-    m = clicks_to_map([[4.5, 3.0]], 8, 10, sigma=1.0, reference_size=None)
-    # Equidistant pixels share the peak, below 1.
+    m = clicks_to_map([[4.5, 3.0]], 8, 10, sigma=1.0, reference_size=None, combine="max")
+    # Equidistant pixels share the peak, below 1 with max; sum normalises the map's peak to 1.
     assert m[3, 4] == pytest.approx(m[3, 5]) == pytest.approx(math.exp(-0.5 * 0.25))
+    s = clicks_to_map([[4.5, 3.0]], 8, 10, sigma=1.0, reference_size=None)
+    assert s[3, 4] == pytest.approx(s[3, 5]) == pytest.approx(1.0)
+    np.testing.assert_allclose(s, m / m.max(), rtol=1e-6)
 
 
 def test_maps_from_clicks_rebuilds_each_frame():

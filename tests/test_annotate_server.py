@@ -25,6 +25,8 @@ from visarl.annotate.server import MAX_BODY, AnnotationServer, serve
 from visarl.annotate.store import AnnotationStore, FrameRef, load_annotations
 
 REPO = Path(__file__).resolve().parents[1]
+# AnnotationStore / AnnotationServer defaults (sigma, reference_size, combine), not visarl.core.maps's.
+STORE_DEFAULTS = (10.0, 224, "max")
 N, H, W = 4, 24, 32
 
 
@@ -48,7 +50,7 @@ def test_store_resumes_clicks_and_current_frame(tmp_path):
         np.testing.assert_array_equal(s.clicks(2), [[0.0, 0.0]])
         assert s.counts() == [0, 2, 1, 0] and s.current == 3
         assert s.click(0, 1.0, 1.0) == 3  # ids keep counting after a restart
-        np.testing.assert_array_equal(s.map(1), clicks_to_map([[3.0, 4.5], [10.25, 7.0]], H, W))
+        np.testing.assert_array_equal(s.map(1), clicks_to_map([[3.0, 4.5], [10.25, 7.0]], H, W, *STORE_DEFAULTS))
 
 
 def test_undo_reverts_clicks_and_clears(tmp_path):
@@ -149,7 +151,7 @@ def test_export_round_trip(tmp_path, combine):
     assert a.attrs["task"] == "reach-v3"
     np.testing.assert_array_equal(a.rebuild_maps(), a.maps)
     wide = a.rebuild_maps(sigma=30.0)
-    np.testing.assert_array_equal(wide[0], clicks_to_map([[1.5, 2.5]], H, W, sigma=30.0, combine=combine))
+    np.testing.assert_array_equal(wide[0], clicks_to_map([[1.5, 2.5]], H, W, 30.0, 224, combine))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ann.h5"]  # no temp file left
 
 
@@ -233,7 +235,7 @@ def test_happy_path(server):
     ann = res["annotation"]
     assert ann["clicks"] == [[7.0, 11.5]] and ann["can_undo"]
     q = np.frombuffer(base64.b64decode(ann["map"]), np.uint8).reshape(H, W)
-    expect = clicks_to_map([[7.0, 11.5]], H, W)
+    expect = clicks_to_map([[7.0, 11.5]], H, W, *STORE_DEFAULTS)
     np.testing.assert_array_equal(q, np.round(expect * 255).astype(np.uint8))
     st, png = request(server, "GET", "/api/frame/2.png?v=x")
     assert st == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(png))), server.store.frames[2])

@@ -104,9 +104,9 @@ def test_config_checks_and_from_config():
 
 def test_state_projection_matches_the_live_simulator():
     """The annotator never re-simulates: keypoints from stored states must equal the simulator's own."""
-    from visarl.envs import MetaWorldPixelEnv
+    from visarl.envs import DEFAULT_CAMERA, MetaWorldPixelEnv
 
-    env = MetaWorldPixelEnv("reach", image_size=64, camera="corner4")
+    env = MetaWorldPixelEnv("reach", image_size=64, camera=DEFAULT_CAMERA)
     try:
         states, live = [], []
         obs, _ = env.reset(seed=5)
@@ -118,7 +118,7 @@ def test_state_projection_matches_the_live_simulator():
                 obs, *_ = env.step(rng.uniform(-1, 1, 4))
     finally:
         env.close()
-    xy, visible, kinds, hands = project_keypoints(np.stack(states), "reach", "corner4", 64, 64)
+    xy, visible, kinds, hands = project_keypoints(np.stack(states), "reach", DEFAULT_CAMERA, 64, 64)
     assert kinds == ["gripper", "object", "goal"] and visible.all()
     np.testing.assert_allclose(xy, np.array(live), atol=0.3)  # TCP offset constant to ~0.2 px (visarl.envs)
     tip_to_hand = np.linalg.norm(hands - xy[:, 0], axis=1)

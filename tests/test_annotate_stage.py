@@ -74,23 +74,27 @@ def test_simulated_stage_end_to_end(tiny_data, tmp_path):
     assert counts.min() >= 5 and counts.max() <= 60 and 12 <= counts.mean() <= 38
     # Maps are the Gaussians of the stored clicks; their peaks sit on projected keypoints (independent camera).
     np.testing.assert_allclose(ann.maps, ann.rebuild_maps(), atol=1e-6)
-    from visarl.envs import MetaWorldPixelEnv, keypoints_from_states
+    from visarl.envs import DEFAULT_CAMERA, MetaWorldPixelEnv, keypoints_from_states
 
-    env = MetaWorldPixelEnv("reach", image_size=64, camera="corner4")
+    env = MetaWorldPixelEnv("reach", image_size=64, camera=DEFAULT_CAMERA)
     xy, visible = keypoints_from_states(_states_at(tiny_data, ann.refs), env.camera_model, env.n_objects)
     env.close()
     assert visible.all()
-    jitter = frame_sigma(7.0, 64, 64, 224)  # 2 px
+    jitter = frame_sigma(12.5, 64, 64, 400)  # 2 px
+    near_max = []  # [8, 3]: the map's highest value within 2 px of each keypoint
     for i in range(8):
         peak = np.array(np.unravel_index(np.argmax(ann.maps[i]), (64, 64))[::-1], float)  # (x, y)
         assert np.linalg.norm(xy[i] - peak, axis=1).min() < 3 * jitter + 2.5  # + tip-to-hand spread of the gripper
         near = np.linalg.norm(ann.clicks[i][:, None] - xy[i][None], axis=2).min(1)  # [M] click to its keypoint
         assert np.median(near) < 2 * jitter and near.max() < 5 * jitter + 3
-        for k in range(3):  # every keypoint kind (weights 0.5 / 0.3 / 0.2) is marked on most frames
-            c, r = np.clip(np.rint(xy[i, k]).astype(int), 0, 63)
-            if k < 2:
-                assert ann.maps[i, r, c] > 0.3
-    goal_marked = [ann.maps[i][tuple(np.clip(np.rint(xy[i, 2, ::-1]).astype(int), 0, 63))] > 0.3 for i in range(8)]
+        c, r = np.clip(np.rint(xy[i]).astype(int), 0, 63).T
+        near_max.append(
+            [ann.maps[i, max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3].max() for x, y in zip(c, r, strict=True)]
+        )
+    # Every keypoint kind (click shares 0.5 / 0.3 / 0.2, summed and scaled to peak 1) is marked on most frames.
+    near_max = np.array(near_max)
+    assert np.all(near_max[:, 0] > 0.5) and np.all(near_max[:, 1] > 0.15), near_max
+    goal_marked = near_max[:, 2] > 0.1
     assert np.mean(goal_marked) >= 0.75
 
 
@@ -225,7 +229,8 @@ def test_human_path_serves_saves_resumes_and_exports(tiny_data, tmp_path):
     assert ann.attrs["annotator_kind"] == "human" and ann.attrs["selection"] == "diverse" and ann.attrs["seed"] == 0
     assert [len(c) for c in ann.clicks] == [1, 0, 1, 0] and ann.annotators[0] == "human"
     np.testing.assert_array_equal(ann.clicks[0], [[10.0, 20.0]])
-    np.testing.assert_allclose(ann.maps[2], clicks_to_map([[40.0, 41.5]], 64, 64, 10.0, 224))
+    np.testing.assert_allclose(ann.maps[2], clicks_to_map([[40.0, 41.5]], 64, 64))  # the stage passes the defaults
+    assert (ann.attrs["reference_size"], ann.attrs["combine"]) == (400, "sum")
     assert out["summary"]["clicks"] == 2
     expected = select_frames(tiny_data, 4, "diverse", 0, feature_size=8)
     assert ann.refs == expected

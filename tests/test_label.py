@@ -38,7 +38,7 @@ def _threads():
 def write_shards(directory: Path, num_steps: int, rows_per_shard: int, seed: int = 0) -> list[Path]:
     """Random frames in shards: one long episode cut every ``rows_per_shard`` rows."""
     rng = np.random.default_rng(seed)
-    writer = ShardWriter(directory, rows_per_shard=rows_per_shard, attrs={"task": "reach", "camera": "corner4"})
+    writer = ShardWriter(directory, rows_per_shard=rows_per_shard, attrs={"task": "reach", "camera": "corner"})
 
     def obs() -> dict[str, np.ndarray]:
         return {

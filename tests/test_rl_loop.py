@@ -118,8 +118,8 @@ def test_stage_rl_tiny_cnn_rgbs_oracle(tmp_path):
     xy, visible = env.keypoints_from_states(state[:1])
     env.close()
     for (x, y), v in zip(xy[0], visible[0], strict=True):
-        if v:
-            assert sal[0, int(round(y)), int(round(x))] > 200
+        if v:  # sigma 0.8 px at 32 px: the nearest pixel is at most (0.5, 0.5) off, >= exp(-0.39) = 0.68 of a peak
+            assert sal[0, int(round(y)), int(round(x))] > 150
     assert (sal[0] < 10).mean() > 0.5  # background stays dark
     # evaluation: step 0, every 30 steps, and the end; curve and final in eval.json
     ev = json.loads((run_dir / "eval.json").read_text())

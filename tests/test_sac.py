@@ -434,17 +434,17 @@ def test_act_deterministic_is_squashed_mean():
 
 def test_oracle_saliency_blobs():
     oracle = OracleSaliency()
-    sy, sx = oracle.sigma_px(64, 96)
-    assert sy == pytest.approx(10 * 64 / 224) and sx == pytest.approx(10 * 96 / 224)
+    s = oracle.sigma_px(64, 96)
+    assert s == pytest.approx(10 * 96 / 400)  # isotropic, scaled by the longer side (visarl.core.maps)
     kp = np.array([[[10.0, 20.0], [50.0, 40.0]], [[30.0, 30.0], [0.0, 0.0]]])
     vis = np.array([[True, True], [True, False]])
     maps = oracle.render(kp, vis, 64, 96)
     assert maps.shape == (2, 1, 64, 96) and maps.dtype == torch.uint8
     assert maps[0, 0, 20, 10] == 255 and maps[0, 0, 40, 50] == 255 and maps[1, 0, 30, 30] == 255
     assert maps[1, 0, 0, 0] == 0  # the invisible keypoint draws nothing
-    # 3 px to the right of a blob centre: 255 * exp(-0.5 * (3 / sigma_x)^2).
-    assert maps[1, 0, 30, 33].item() == round(255 * math.exp(-0.5 * (3 / sx) ** 2))
-    assert maps[1, 0, 33, 30].item() == round(255 * math.exp(-0.5 * (3 / sy) ** 2))
+    # 2 px to the right of / below a lone blob's centre: 255 * exp(-0.5 * (2 / sigma)^2).
+    assert maps[1, 0, 30, 32].item() == round(255 * math.exp(-0.5 * (2 / s) ** 2))
+    assert maps[1, 0, 32, 30].item() == round(255 * math.exp(-0.5 * (2 / s) ** 2))
 
     rgb = torch.zeros(2, 3, 64, 96, dtype=torch.uint8)
     called = OracleSaliency(lambda states: (kp, vis))(rgb, np.zeros((2, 39)))

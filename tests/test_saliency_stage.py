@@ -19,11 +19,24 @@ TINY = str(REPO / "conf" / "saliency" / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
-def annotations(tmp_path_factory) -> Path:
-    """20 frames of a tiny random-policy collection, one click on each in-frame keypoint (gripper, puck, goal)."""
+def replay(tmp_path_factory) -> Path:
+    """Shards of a tiny random-policy collection."""
     root = tmp_path_factory.mktemp("saliency")
     run(str(REPO / "conf/collect/random_tiny.yaml"), [f"output_dir={root}/runs", "run=c", f"data_dir={root}/replay"])
-    return keypoint_annotations(root / "replay", root / "annotations.h5", num_frames=20, seed=0)
+    return root / "replay"
+
+
+@pytest.fixture(scope="module")
+def annotations(replay) -> Path:
+    """20 frames, one click on each in-frame keypoint (gripper, puck, goal), maps with the default settings."""
+    return keypoint_annotations(replay, replay.parent / "annotations.h5", num_frames=20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def wide_annotations(replay) -> Path:
+    """The same clicks with blobs 1.8x wider (sigma 10 px at 224 px: 2.9 px here): a net of test size learns to
+    place these within the 20 epochs a test can afford; the default 1.6 px blobs need the paper-size training."""
+    return keypoint_annotations(replay, replay.parent / "wide.h5", num_frames=20, seed=0, reference_size=224)
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +56,7 @@ def test_keypoint_annotations_put_blobs_on_keypoints(annotations) -> None:
         assert 1 <= len(clicks) <= 3  # gripper, puck, goal when in the frame
         for x, y in clicks:  # every click is a local peak of its map at height ~1
             assert m[int(round(y)), int(round(x))] > 0.85
-    assert 0.005 < (ann.maps > 0.5).mean() < 0.1  # small blobs: sigma 10 px at 224 is 2.9 px here
+    assert 0.002 < (ann.maps > 0.5).mean() < 0.05  # small blobs: sigma 10 px at 400 is 1.6 px here
 
 
 def test_split_is_fixed_by_the_seed() -> None:
@@ -101,7 +114,7 @@ def test_color_jitter_changes_frames_not_maps() -> None:
     assert torch.equal(plain["rgb"], torch.from_numpy(frames[0]).permute(2, 0, 1))
 
 
-def test_training_loss_falls_and_heldout_error_drops(annotations) -> None:
+def test_training_loss_falls_and_heldout_error_drops(wide_annotations) -> None:
     """20 epochs on 16 frames: the epoch loss falls well below the loss of the best constant prediction (the maps'
     mean: the sides start near it, so only localising the blobs gets below it), and the held-out max-F rises and
     MAE falls against the untrained net."""
@@ -111,7 +124,7 @@ def test_training_loss_falls_and_heldout_error_drops(annotations) -> None:
     from visarl.saliency.picanet import deep_supervision_loss
 
     pl.seed_everything(0, verbose=False)
-    dm = SaliencyDataModule(annotations, batch_size=8, seed=0)
+    dm = SaliencyDataModule(wide_annotations, batch_size=8, seed=0)
     dm.setup()
     maps = dm.train_set.maps  # [16, 1, 64, 64]
     constant = [torch.full((len(maps), 1, s, s), maps.mean().item()) for s in (8, 8, 8, 16, 32, 64)]

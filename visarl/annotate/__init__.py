@@ -1,6 +1,6 @@
 """Saliency annotation (ViSaRL Sec. III-B, Fig. 5): a person clicks what matters in ~30 frames of a task.
 
-- :mod:`~visarl.annotate.maps`: clicks -> Gaussian saliency maps (sigma = 10 px at 224 px by default).
+- :mod:`~visarl.annotate.maps`: clicks -> Gaussian saliency maps (from :mod:`visarl.core.maps`: sigma 10 px at 400 px).
 - :mod:`~visarl.annotate.store`: the crash-safe click journal, the HDF5 export and its reader.
 - :mod:`~visarl.annotate.server`: the local web page (stdlib HTTP server, no extra dependency).
 - :mod:`~visarl.annotate.select`: which frames to annotate, ``random`` (paper) or ``diverse`` (greedy k-center).

@@ -40,8 +40,8 @@ class SimulatedConfig:
     """Fewest clicks on a frame with a keypoint in view."""
     max_clicks: int = 60
     """Most clicks on a frame."""
-    jitter_px: float = 7.0
-    """Click scatter (std, px) at ``reference_size`` like sigma; 7 px at 224 is 2 px on a 64 px frame."""
+    jitter_px: float = 12.5
+    """Click scatter (std, px) at ``reference_size`` like sigma; 12.5 px at 400 is 2 px on a 64 px frame."""
     gripper_weight: float = 0.5
     """Share of clicks on the gripper."""
     object_weight: float = 0.3

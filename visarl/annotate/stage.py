@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from visarl.annotate.maps import frame_sigma
 from visarl.annotate.select import (
     SELECTION_METHODS,
     Coverage,
@@ -49,6 +48,7 @@ from visarl.annotate.select import (
 from visarl.annotate.simulated import SimulatedConfig, frame_rng, from_config, project_keypoints
 from visarl.annotate.store import AnnotationStore, load_annotations
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, frame_sigma
 from visarl.registry import RunContext, register_stage
 
 COVERAGE_MAX_FRAMES = 50_000
@@ -83,12 +83,12 @@ class AnnotateConfig(RunConfig):
     """Open the page in the default browser."""
     display_size: int = 512
     """Size the page shows frames at, in screen pixels."""
-    sigma: float = 10.0
+    sigma: float = SIGMA
     """Gaussian sigma of a click in pixels at reference_size (paper: 10)."""
-    reference_size: float = 224.0
-    """Resolution sigma (and simulated.jitter_px) is stated at; 0 = frame pixels."""
-    combine: str = "max"
-    """How click Gaussians combine: 'max' or 'sum' (normalised to peak 1)."""
+    reference_size: float = REFERENCE_SIZE
+    """Resolution sigma (and simulated.jitter_px) is stated at: 400, the authors' annotation page; 0 = frame pixels."""
+    combine: str = COMBINE
+    """How click Gaussians combine: 'sum' (the authors', normalised to peak 1) or 'max'."""
     store: str = ""
     """Click journal; default <data_dir>/../annotations/<annotator_id>.jsonl."""
     export: str = ""
@@ -99,7 +99,7 @@ class AnnotateConfig(RunConfig):
     def __post_init__(self) -> None:
         choice("selection", self.selection, SELECTION_METHODS)
         choice("annotator", self.annotator, ["human", "simulated"])
-        choice("combine", self.combine, ["max", "sum"])
+        choice("combine", self.combine, COMBINE_MODES)
         if self.num_frames < 1:
             raise ConfigError(f"num_frames: must be positive, got {self.num_frames}")
         if self.feature_size < 1 or self.display_size < 1:

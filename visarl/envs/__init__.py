@@ -62,7 +62,7 @@ class EnvConfig:
     image_size: int = 64
     """Square frame size in pixels (the paper uses 64)."""
     camera: str = DEFAULT_CAMERA
-    """Meta-World camera; corner4 shows gripper, object and goal of all four paper tasks."""
+    """Meta-World camera; default corner, the authors' view (their --cameras 0; see DEFAULT_CAMERA)."""
     action_repeat: int = 1
     """Env steps per agent step, on top of Meta-World's frame_skip of 5; rewards are summed."""
     episode_length: int = 500

@@ -38,12 +38,16 @@ TASK_ALIASES: dict[str, str] = {
 CAMERAS: tuple[str, ...] = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 """Cameras of Meta-World's Sawyer scene (``xyz_base.xml``); the first five are fixed in the world."""
 
-DEFAULT_CAMERA = "corner4"
-"""The paper does not name its camera. corner4 looks at the table from the same direction as the common
-corner2, but from closer: the scene is ~1.6x larger (gripper-to-goal distance 12 px instead of 7.6 px
-at 64x64), so handles and goal markers are a few pixels wide instead of one or two. Over 100 random
-layouts of each of the four paper tasks, its frames keep the gripper, the object and the goal in view
-and unoccluded at reset (so do corner, corner2 and corner3); the frame shows the whole table front."""
+DEFAULT_CAMERA = "corner"
+"""The authors' camera: their training script renders observations from ``cameras = ["corner"]`` for
+``--cameras 0``, the setting of every command in their README (aliang8/visarl, visarl/online_rl_train.py).
+That script also runs ``model.cam_pos[2][:] = [0.75, 0.075, 0.7]``: camera id 2 of Meta-World's Sawyer scene
+is ``corner2`` (the order is topview, corner, corner2, ... in v2 as in v3), so the line moves corner2, which
+their pixel observations do not use (only the evaluation videos of state-based agents), and leaves
+``corner`` at its stock pose. Meta-World v3's ``corner4`` is exactly that moved corner2 (same position,
+euler angles and fovy; see tests/test_envs.py), so ``camera=corner4`` gives the authors' moved view if
+wanted. Over 100 random layouts of each of the four paper tasks, ``corner`` frames keep the gripper,
+the object and the goal in view and unoccluded at reset."""
 
 TCP_OFFSET = np.array([0.0, 0.0, -0.045])
 """Gripper tip (``tcp_center``, between the finger pads) minus the hand body position (state[0:3]).

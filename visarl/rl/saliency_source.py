@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, frame_sigma, points_to_maps
+
 KeypointFn = Callable[[np.ndarray | None], tuple[np.ndarray, np.ndarray]]
 """states [B, S] -> (keypoints [B, K, 2] pixel (x, y), visible [B, K] bool)."""
 
@@ -32,56 +34,42 @@ class SaliencySource(ABC):
         """rgb uint8 [B, 3, H, W], states [B, S] or None -> saliency uint8 [B, 1, H, W] on rgb's device."""
 
 
-def gaussian_maps(
-    keypoints: np.ndarray | Tensor,
-    visible: np.ndarray | Tensor,
-    height: int,
-    width: int,
-    sigma: tuple[float, float],
-) -> Tensor:
-    """Float maps [B, 1, H, W] in [0, 1]: the max over visible keypoints of unnormalised Gaussians.
-
-    ``keypoints`` [B, K, 2] are (x, y) pixel coordinates with (0, 0) the centre of the top-left pixel;
-    ``sigma`` is (sigma_y, sigma_x) in pixels. Each blob peaks at 1, and overlapping blobs take the max
-    so a map stays in [0, 1] (like overlapping annotation clicks). No visible keypoint gives an all-zero map.
-    """
-    kp = torch.as_tensor(np.asarray(keypoints), dtype=torch.float32)
-    vis = torch.as_tensor(np.asarray(visible), dtype=torch.bool)
-    if kp.ndim != 3 or kp.shape[-1] != 2 or vis.shape != kp.shape[:2]:
-        raise ValueError(f"keypoints must be [B, K, 2] and visible [B, K]; got {tuple(kp.shape)}, {tuple(vis.shape)}")
-    sy, sx = sigma
-    ys = torch.arange(height, dtype=torch.float32).view(1, 1, height, 1)
-    xs = torch.arange(width, dtype=torch.float32).view(1, 1, 1, width)
-    dx = (xs - kp[..., 0, None, None]) / sx  # [B, K, 1, W]
-    dy = (ys - kp[..., 1, None, None]) / sy  # [B, K, H, 1]
-    blobs = torch.exp(-0.5 * (dx**2 + dy**2)) * vis[..., None, None]  # [B, K, H, W]
-    if blobs.shape[1] == 0:
-        return torch.zeros(kp.shape[0], 1, height, width)
-    return blobs.amax(dim=1, keepdim=True)
-
-
 class OracleSaliency(SaliencySource):
     """Gaussian blobs at keypoints given by ``keypoint_fn(states)`` (the env projects object positions).
 
-    ``sigma`` is in pixels of a ``reference_size`` frame: the paper's annotation clicks use sigma = 10 px
-    on PiCANet's 224x224 frames (Fig. 5). On an H x W frame the blob keeps the same size relative to the
-    frame: sigma_x = sigma * W / reference_size, sigma_y = sigma * H / reference_size (2.86 px at 64x64).
+    The blobs are annotation clicks placed on the true keypoints: :func:`visarl.core.maps.points_to_maps` with the
+    annotator's defaults (sigma 10 px at 400 px, summed and normalised to peak 1), so for the same points the
+    oracle's map equals :func:`visarl.core.maps.clicks_to_map`'s. ``sigma`` is in pixels of a ``reference_size``
+    frame and scales with the frame's longer side (1.6 px at 64x64).
     """
 
-    def __init__(self, keypoint_fn: KeypointFn | None = None, sigma: float = 10.0, reference_size: int = 224) -> None:
+    def __init__(
+        self,
+        keypoint_fn: KeypointFn | None = None,
+        sigma: float = SIGMA,
+        reference_size: float | None = REFERENCE_SIZE,
+        combine: str = COMBINE,
+    ) -> None:
+        frame_sigma(sigma, 1, 1, reference_size)  # validates sigma / reference_size
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
         self.keypoint_fn = keypoint_fn
         self.sigma = sigma
         self.reference_size = reference_size
+        self.combine = combine
 
-    def sigma_px(self, height: int, width: int) -> tuple[float, float]:
-        """(sigma_y, sigma_x) in pixels for an H x W frame."""
-        scale = self.sigma / self.reference_size
-        return scale * height, scale * width
+    def sigma_px(self, height: int, width: int) -> float:
+        """Sigma in pixels of an H x W frame."""
+        return frame_sigma(self.sigma, height, width, self.reference_size)
 
     def render(self, keypoints: np.ndarray | Tensor, visible: np.ndarray | Tensor, height: int, width: int) -> Tensor:
         """uint8 maps [B, 1, H, W] with blobs at ``keypoints`` [B, K, 2] (x, y) where ``visible`` [B, K]."""
-        maps = gaussian_maps(keypoints, visible, height, width, self.sigma_px(height, width))
-        return (maps * 255.0).round().to(torch.uint8)
+        kp = keypoints.detach().cpu().numpy() if isinstance(keypoints, Tensor) else np.asarray(keypoints)
+        vis = visible.detach().cpu().numpy() if isinstance(visible, Tensor) else np.asarray(visible)
+        if kp.ndim != 3 or kp.shape[-1] != 2 or vis.shape != kp.shape[:2]:
+            raise ValueError(f"keypoints must be [B, K, 2] and visible [B, K]; got {kp.shape}, {vis.shape}")
+        maps = points_to_maps(kp, vis, height, width, self.sigma, self.reference_size, self.combine)  # [B, H, W]
+        return torch.from_numpy(np.round(maps * 255.0).astype(np.uint8))[:, None]
 
     def __call__(self, rgb: Tensor, states: np.ndarray | None) -> Tensor:
         if self.keypoint_fn is None:
@@ -102,11 +90,14 @@ def make_saliency_source(
     camera: Any = None,
     n_objects: int = 1,
     checkpoint: str = "",
-    sigma: float = 10.0,
+    sigma: float = SIGMA,
+    reference_size: float | None = REFERENCE_SIZE,
+    combine: str = COMBINE,
     device: torch.device | str = "cpu",
 ) -> SaliencySource | None:
     """The source named by a config: None for "none"; the oracle needs the env's fixed ``camera``
-    (:class:`visarl.envs.CameraModel`) to project the stored states; "picanet" loads a trained checkpoint.
+    (:class:`visarl.envs.CameraModel`) to project the stored states and draws its blobs with ``sigma`` (px at
+    ``reference_size``) and ``combine``; "picanet" loads a trained checkpoint.
     """
     if kind == "none":
         return None
@@ -115,7 +106,8 @@ def make_saliency_source(
 
         if camera is None:
             raise ValueError("the oracle saliency source needs the env's camera model")
-        return OracleSaliency(functools.partial(keypoints_from_states, camera=camera, n_objects=n_objects), sigma)
+        fn = functools.partial(keypoints_from_states, camera=camera, n_objects=n_objects)
+        return OracleSaliency(fn, sigma, reference_size, combine)
     if kind == "picanet":
         from visarl.saliency.online import PiCANetSaliency  # imported lazily: the saliency stage is optional here
 

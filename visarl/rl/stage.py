@@ -139,7 +139,7 @@ class SACRunConfig(RunConfig):
     saliency_ckpt: str = ""
     """PiCANet checkpoint for ``saliency: picanet``."""
     saliency_sigma: float = 10.0
-    """Oracle blob sigma in pixels of a 224x224 frame (the annotation clicks' sigma, Fig. 5)."""
+    """Oracle blob sigma in pixels of a 400 px frame, the annotation clicks' sigma (Fig. 5; visarl.core.maps)."""
 
     def _check_loop(self) -> None:
         if self.torch_threads < 0:

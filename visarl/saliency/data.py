@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from visarl.core.maps import COMBINE, REFERENCE_SIZE, SIGMA
+
 KINDS = ("gripper", "object", "goal")
 """Keypoint kinds a person clicks on (ViSaRL Sec. III-B): the end effector, the task's objects, the goal."""
 
@@ -153,8 +155,9 @@ def keypoint_annotations(
     num_frames: int,
     seed: int = 0,
     kinds: Sequence[str] = KINDS,
-    sigma: float = 10.0,
-    reference_size: float | None = 224,
+    sigma: float = SIGMA,
+    reference_size: float | None = REFERENCE_SIZE,
+    combine: str = COMBINE,
 ) -> Path:
     """Write an annotation export for ``num_frames`` random frames of ``data_dir``'s shards, one click on every
     in-frame keypoint of the given ``kinds`` (projected from each frame's stored state; no person, no jitter).
@@ -192,7 +195,15 @@ def keypoint_annotations(
     journal.unlink(missing_ok=True)  # a generated file: start over rather than replay an old one
     h, w = frames.shape[1:3]
     with AnnotationStore(
-        journal, frames, refs, sigma=sigma, reference_size=reference_size, task=task, annotator="keypoints", fsync=False
+        journal,
+        frames,
+        refs,
+        sigma=sigma,
+        reference_size=reference_size,
+        combine=combine,
+        task=task,
+        annotator="keypoints",
+        fsync=False,
     ) as store:
         for i in range(num_frames):
             for x, y in xy[i][visible[i] & wanted]:
