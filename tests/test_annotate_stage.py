@@ -5,6 +5,7 @@ One tiny dataset is collected per module (conf/collect/random_tiny.yaml: 63 dist
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _shard_helpers import write_dataset
+from PIL import Image
 
 from visarl import fit
 from visarl.annotate.maps import clicks_to_map, frame_sigma
@@ -81,17 +83,34 @@ def test_simulated_stage_end_to_end(tiny_data, tmp_path):
     env.close()
     assert visible.all()
     jitter = frame_sigma(7.0, 64, 64, 224)  # 2 px
+    # Reach's guidance names the gripper and the goal, not the puck: the page shows it, the simulated annotator
+    # follows it, and every click is labelled with the part it aimed at.
+    assert "puck plays no part" in ann.attrs["guidance"] and ann.attrs["parts"] == "gripper,goal"
+    labels = np.concatenate(ann.click_labels)
+    assert set(labels) == {"gripper", "goal"}
+    assert 0.6 < np.mean(labels == "gripper") < 0.83  # weights 0.5 : 0.2 renormalised, 0.71
+    kind_index = {"gripper": 0, "goal": 2}
     for i in range(8):
         peak = np.array(np.unravel_index(np.argmax(ann.maps[i]), (64, 64))[::-1], float)  # (x, y)
         assert np.linalg.norm(xy[i] - peak, axis=1).min() < 3 * jitter + 2.5  # + tip-to-hand spread of the gripper
-        near = np.linalg.norm(ann.clicks[i][:, None] - xy[i][None], axis=2).min(1)  # [M] click to its keypoint
+        aim = xy[i][[kind_index[k] for k in ann.click_labels[i]]]  # [M, 2] the keypoint each click aimed at
+        near = np.linalg.norm(ann.clicks[i] - aim, axis=1)
         assert np.median(near) < 2 * jitter and near.max() < 5 * jitter + 3
-        for k in range(3):  # every keypoint kind (weights 0.5 / 0.3 / 0.2) is marked on most frames
-            c, r = np.clip(np.rint(xy[i, k]).astype(int), 0, 63)
-            if k < 2:
-                assert ann.maps[i, r, c] > 0.3
+        c, r = np.clip(np.rint(xy[i, 0]).astype(int), 0, 63)
+        assert ann.maps[i, r, c] > 0.3  # the gripper tip is marked on every frame
     goal_marked = [ann.maps[i][tuple(np.clip(np.rint(xy[i, 2, ::-1]).astype(int), 0, 63))] > 0.3 for i in range(8)]
     assert np.mean(goal_marked) >= 0.75
+
+    # A config naming the puck too gets clicks on it.
+    _annotate(
+        tmp_path,
+        tiny_data,
+        "run=b",
+        f"store={tmp_path}/b.jsonl",
+        f"export={tmp_path}/b.h5",
+        "parts=[gripper,object,goal]",
+    )
+    assert "object" in set(np.concatenate(load_annotations(tmp_path / "b.h5").click_labels))
 
 
 def test_simulated_is_deterministic_per_seed_and_resumes(tiny_data, tmp_path):
@@ -212,6 +231,29 @@ def _serve_in_thread(tmp: Path, data: Path, run: str) -> tuple[threading.Thread,
 def test_human_path_serves_saves_resumes_and_exports(tiny_data, tmp_path):
     thread, out, url = _serve_in_thread(tmp_path, tiny_data, "h1")
     try:
+        with urllib.request.urlopen(url + "api/state", timeout=10) as r:
+            state = json.loads(r.read())
+        # The page gets the task's guidance, and where each frame sits in its episode with its neighbours there.
+        assert "puck plays no part" in state["guidance"] and state["parts"] == ["gripper", "goal"]
+        readers = {p.name: ShardReader(p) for p in sorted(tiny_data.glob("*.h5"))}
+        for i, (shard, row) in enumerate(state["refs"]):
+            assert state["episode"][i] == readers[shard].read("episode", [row])[0]
+            assert state["step"][i] == readers[shard].read("step", [row])[0]
+            assert 0 in state["context"][i] and set(state["context"][i]) <= set(range(-3, 4))
+        shard, row = state["refs"][1]
+        d = max(state["context"][1])
+        with urllib.request.urlopen(url + f"api/context/1/{d}.png", timeout=10) as r:
+            neighbour = np.asarray(Image.open(io.BytesIO(r.read())))
+        ep, st = state["episode"][1], state["step"][1] + d
+        # The same episode's frame d steps on, found independently in the shards (it may sit in another shard).
+        matches = [
+            r.read("rgb", [k])[0]
+            for r in readers.values()
+            for k in np.flatnonzero(
+                (r.read("episode", np.arange(len(r))) == ep) & (r.read("step", np.arange(len(r))) == st)
+            )
+        ]
+        assert matches and all(np.array_equal(neighbour, m) for m in matches)
         _post(url, "/api/click", {"frame": 0, "x": 10.0, "y": 20.0})
         _post(url, "/api/click", {"frame": 0, "x": 30.0, "y": 5.0})
         _post(url, "/api/undo", {"frame": 0})
