@@ -71,6 +71,8 @@ const S = {
   lastPress: null, // {t, sx, sy} of the last pointer press that clicked
   drag: null, // {kind: "move" | "pan", ...} while a pointer is down
   spaceHeld: false,
+  keyboardFrame: false, // the frame has the focus from the keyboard (K or Tab): arrows move the cross
+  lastInput: "pointer",
   returnFocus: null,
   toastTimer: null,
 };
@@ -709,7 +711,7 @@ function renderBanner(v) {
     const n = Math.abs(S.ctx);
     text = `${n} ${n === 1 ? "step" : "steps"} ${S.ctx > 0 ? "later" : "earlier"} in this episode · read-only · Esc returns`;
     kind = "context";
-  } else if (document.activeElement === $("stage") && S.view === "work") {
+  } else if (S.keyboardFrame && S.view === "work") {
     text = "Keyboard: arrows move the cross (Shift: faster), Enter or Space clicks, Esc leaves";
     kind = "kbd";
   } else if (v.empty) {
@@ -765,7 +767,7 @@ function renderOverlay(v) {
       marker(ctx, p.sx * dpr, p.sy * dpr, dpr, c, k === v.clicks.length - 1, c.id !== null && c.id === S.selected);
     });
   }
-  if (S.cross && document.activeElement === $("stage")) {
+  if (S.cross && S.keyboardFrame) {
     const p = toStage(S.cross.x, S.cross.y);
     const x = p.sx * dpr;
     const y = p.sy * dpr;
@@ -887,7 +889,7 @@ function onKey(e) {
     return;
   }
   if (S.view !== "work") return;
-  if (document.activeElement === $("stage") && stageKey(e, k)) {
+  if (S.keyboardFrame && stageKey(e, k)) {
     e.preventDefault();
     return;
   }
@@ -962,7 +964,9 @@ function globalKey(e, k) {
     case "q": selectStep(-1); return true;
     case "e": selectStep(1); return true;
     case "k":
+      S.lastInput = "key";
       $("stage").focus();
+      S.keyboardFrame = true;
       render();
       return true;
     case "o": setOverlay(!S.overlay); return true;
@@ -1034,12 +1038,22 @@ function wire() {
   stage.addEventListener("pointercancel", onPointerUp);
   stage.addEventListener("wheel", onWheel, { passive: false });
   stage.addEventListener("contextmenu", (e) => e.preventDefault());
+  // A frame focused from the keyboard gets the cross; one focused by a mouse click keeps arrows for frames.
+  document.addEventListener("keydown", () => { S.lastInput = "key"; }, true);
+  document.addEventListener("pointerdown", () => { S.lastInput = "pointer"; }, true);
   stage.addEventListener("focus", () => {
+    S.keyboardFrame = S.lastInput === "key";
     const { width: W, height: H } = S.state;
     if (!S.cross) S.cross = { x: Math.floor(W / 2), y: Math.floor(H / 2) };
     render();
   });
-  stage.addEventListener("blur", () => render());
+  stage.addEventListener("blur", () => {
+    S.keyboardFrame = false;
+    render();
+  });
+  stage.addEventListener("pointerdown", () => {
+    S.keyboardFrame = false;
+  });
   const on = (id, fn) => $(id).addEventListener("click", fn);
   on("btn-prev", prev);
   on("btn-next", () => next());
