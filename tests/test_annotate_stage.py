@@ -309,6 +309,26 @@ def test_selection_is_deterministic_distinct_and_skips_continued_rows(tmp_path):
         select_frames(tmp_path, 2, "best")
 
 
+def test_context_is_the_same_episodes_neighbouring_steps_across_shards(tmp_path):
+    # Episodes of 12, 7 and 9 steps split over shards of 5 rows (so neighbours sit in other shards).
+    truth = write_dataset(tmp_path, [[(12, "terminated"), (7, "truncated")], [(9, "running")]], rows_per_shard=5)
+    pool = frame_pool(tmp_path)
+    idx = np.arange(len(pool))
+    ctx = pool.context(idx, radius=2)
+    ids = pool.read("state", idx)[:, :2].astype(int)  # (episode, step) of each pool frame
+    last = {e: max(t for ee, t in truth.frames if ee == e) for e in truth.episodes}
+    assert ctx.offsets.tolist() == [-2, -1, 0, 1, 2] and ctx.frames.shape == (len(pool), 5, 8, 8, 3)
+    for n, (e, t) in enumerate(ids):
+        assert (ctx.episode[n], ctx.step[n]) == (e, t)
+        for k, d in enumerate(ctx.offsets):
+            expect = 0 <= t + d <= last[e]
+            assert ctx.available[n, k] == expect, (e, t, d)
+            if expect:
+                np.testing.assert_array_equal(ctx.frames[n, k], truth.frames[(e, t + d)]["rgb"])
+            else:
+                assert not ctx.frames[n, k].any()
+
+
 def test_k_center_is_farthest_point_traversal_and_coverage_is_nearest_distance():
     x = np.random.default_rng(0).integers(0, 256, (200, 12), dtype=np.uint8)
     xf = x.astype(np.float64)

@@ -102,10 +102,14 @@ class FramePool:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         everything = np.arange(len(self))
         episode, step = self.read("episode", everything), self.read("step", everything).astype(np.int64)
-        where = {(int(e), int(t)): i for i, (e, t) in enumerate(zip(episode, step, strict=True))}
         offsets = np.arange(-radius, radius + 1, dtype=np.int64)
-        nb = np.array([[where.get((int(episode[i]), int(step[i] + d)), -1) for d in offsets] for i in idx])
-        nb = nb.reshape(len(idx), len(offsets))
+        nb = np.full((len(idx), len(offsets)), -1, np.int64)  # [N, K] pool index of each neighbour, -1: none
+        for n, i in enumerate(idx):
+            same = np.flatnonzero(episode == episode[i])  # the episode's frames (each step once in the pool)
+            for k, d in enumerate(offsets):
+                hit = same[step[same] == step[i] + d]
+                if len(hit):
+                    nb[n, k] = hit[0]
         h, w = self.frame_shape
         frames = np.zeros((*nb.shape, h, w, 3), np.uint8)
         have = nb >= 0

@@ -173,6 +173,9 @@ class AnnotationServer:
             self._session_lock = threading.Lock()
             self._png_cache: dict[tuple[int, int], bytes] = {}
             self._frames_id = self.store._header["frames_sha256"][:16]
+            # Revisions count from the journal's replay, so after a restart the page compares them only
+            # within one server instance.
+            self.instance = os.urandom(6).hex()
             handler = type("Handler", (_Handler,), {"app": self})
             self.httpd = _HTTPServer((host, port), handler)
         except (OSError, ValueError):
@@ -289,6 +292,7 @@ class AnnotationServer:
                 "exported": self.exported is not None,
                 "stop_when_done": self.stop_when_done,
                 "session": self.session,
+                "instance": self.instance,
             }
 
     def annotation(self, frame: int) -> dict:
@@ -308,6 +312,7 @@ class AnnotationServer:
             "empty": empty,
             "can_undo": can_undo,
             "revision": revision,
+            "instance": self.instance,
             "map": base64.b64encode(q.tobytes()).decode("ascii"),
             "height": s.height,
             "width": s.width,

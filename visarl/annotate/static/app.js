@@ -115,13 +115,18 @@ async function api(path, body) {
   return data;
 }
 
+// Answers can arrive out of order (a heartbeat and a change); keep the newer one. Revisions only compare
+// within one server instance: a restarted server counts again from its journal.
+function newer(a, old) {
+  return !old || a.instance !== old.instance || a.revision >= old.revision;
+}
+
 function keepAnnotation(a) {
-  const old = S.ann.get(a.frame);
-  if (!old || a.revision >= old.revision) S.ann.set(a.frame, a);
+  if (newer(a, S.ann.get(a.frame))) S.ann.set(a.frame, a);
 }
 
 function keepState(st) {
-  if (!S.state || st.revision >= S.state.revision) S.state = st;
+  if (newer(st, S.state)) S.state = st;
 }
 
 function accept(res) {
@@ -205,7 +210,8 @@ async function heartbeat() {
     keepState(st);
     if (!S.queue.length) S.offline = false;
     const a = S.ann.get(S.frame);
-    if (!a || (a.revision < st.revision && !S.queue.length)) keepAnnotation(await api(`/api/annotation/${S.frame}`));
+    const stale = a && (a.instance !== st.instance || a.revision < st.revision);
+    if (!a || (stale && !S.queue.length)) keepAnnotation(await api(`/api/annotation/${S.frame}`));
   } catch (e) {
     if (!e.status) S.offline = true;
   }
@@ -235,6 +241,7 @@ async function takeOver() {
   S.view = "work";
   hideScreens();
   S.ann.clear();
+  S.lastGoto = null; // the other tab may have moved the server's current frame: resume on this one
   show(S.frame);
   pump();
 }
