@@ -75,8 +75,7 @@ class AnnotateConfig(RunConfig):
     guidance: str = ""
     """What to click, shown on the page; default: the task's entry in visarl.annotate.guidance."""
     parts: list[str] = field(default_factory=list)
-    """Parts that matter (gripper, object, goal): click labels, and the simulated annotator's targets;
-    default: the task's guidance."""
+    """Parts that matter (gripper, object, goal): click labels and simulated targets; default: the task's guidance."""
     context_radius: int = 3
     """Neighbouring steps of the same episode the page shows as read-only context, each side."""
     feature_size: int = 16
