@@ -6,13 +6,17 @@ import base64
 import http.client
 import io
 import json
+import logging
 import os
 import queue
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -26,7 +30,7 @@ from visarl.annotate.store import AnnotationStore, FrameRef, load_annotations
 
 REPO = Path(__file__).resolve().parents[1]
 # AnnotationStore / AnnotationServer defaults (sigma, reference_size, combine), not visarl.core.maps's.
-STORE_DEFAULTS = (10.0, 224, "max")
+STORE_DEFAULTS = (10.0, 400, "sum")  # the store follows visarl.core.maps
 N, H, W = 4, 24, 32
 
 
@@ -69,11 +73,70 @@ def test_undo_reverts_clicks_and_clears(tmp_path):
         assert s.path.stat().st_size == size  # no-ops write nothing
 
 
+def test_delete_move_label_and_empty_mark_are_undoable_and_exported(tmp_path):
+    frames, refs = make_frames()
+    with AnnotationStore(tmp_path / "a.jsonl", frames, refs, parts=("gripper", "goal")) as s:
+        a, b, c = s.click(0, 1.0, 1.0, "gripper"), s.click(0, 2.0, 2.0), s.click(0, 3.0, 3.0, "goal")
+        assert s.delete(0, b)
+        assert [r["id"] for r in s.click_records(0)] == [a, c]
+        assert s.move(0, c, 10.0, 11.0) and s.clicks(0).tolist() == [[1.0, 1.0], [10.0, 11.0]]
+        assert s.set_label(0, a, "goal") and not s.set_label(0, a, "goal")  # the same label again: no change
+        assert [r["label"] for r in s.click_records(0)] == ["goal", "goal"]
+        np.testing.assert_array_equal(s.map(0), clicks_to_map([[1.0, 1.0], [10.0, 11.0]], H, W))
+        assert s.undo(0) and s.click_records(0)[0]["label"] == "gripper"  # label undone
+        assert s.undo(0) and s.clicks(0).tolist() == [[1.0, 1.0], [3.0, 3.0]]  # move undone
+        assert s.undo(0) and [r["id"] for r in s.click_records(0)] == [a, b, c]  # delete undone, in place
+        for bad in (lambda: s.delete(0, 99), lambda: s.move(0, 99, 1.0, 1.0), lambda: s.set_label(0, a, "object")):
+            with pytest.raises(ValueError):
+                bad()  # unknown click, or a part reach's guidance does not name
+        with pytest.raises(ValueError, match="clear them"):
+            s.set_empty(0, True)  # a frame never holds clicks and the mark at once
+        assert s.set_empty(1, True) and s.empty_marks() == [False, True, False, False]
+        with pytest.raises(ValueError, match="nothing salient"):
+            s.click(1, 1.0, 1.0)
+        assert s.undo(1) and not s.empty_marks()[1]
+        assert s.set_empty(3, True)
+        out = s.export(tmp_path / "a.h5")
+    with AnnotationStore(tmp_path / "a.jsonl", frames, refs, parts=("gripper", "goal")) as s:  # replayed
+        assert [r["label"] for r in s.click_records(0)] == ["gripper", "", "goal"] and s.empty_marks()[3]
+    ann = load_annotations(out)
+    assert ann.click_labels[0].tolist() == ["gripper", "", "goal"] and ann.click_labels[1].tolist() == []
+    assert ann.nothing_salient.tolist() == [False, False, False, True]
+    assert ann.reviewed.tolist() == [True, False, False, True] and ann.annotated.tolist() == [True, False, False, False]
+    assert ann.attrs["parts"] == "gripper,goal"
+    assert not ann.maps[3].any()
+    # An export from before labels and the mark existed reads as unlabelled and unmarked.
+    with h5py.File(out, "a") as f:
+        del f["click_label"], f["nothing_salient"], f["click_id"]
+    old = load_annotations(out)
+    assert old.click_labels[0].tolist() == ["", "", ""] and not old.nothing_salient.any()
+
+
+def test_a_resent_change_is_applied_once_also_after_a_restart(tmp_path):
+    frames, refs = make_frames()
+    path = tmp_path / "a.jsonl"
+    with AnnotationStore(path, frames, refs) as s:
+        first = s.click(0, 1.0, 2.0, op_id="tab-1")
+        assert s.click(0, 1.0, 2.0, op_id="tab-1") == first and s.counts()[0] == 1
+        s.click(0, 5.0, 5.0, op_id="tab-2")
+        assert s.undo(0, op_id="tab-3") and s.undo(0, op_id="tab-3") and s.counts()[0] == 1  # one undo, not two
+        assert s.clear(0, op_id="tab-4") == 1 and s.clear(0, op_id="tab-4") == 1
+        size = path.stat().st_size
+        s.clear(0, op_id="tab-4")
+        assert path.stat().st_size == size  # the repeat wrote nothing
+        with pytest.raises(ValueError, match="op_id"):
+            s.click(0, 1.0, 1.0, op_id="no spaces please")
+    with AnnotationStore(path, frames, refs) as s:  # the answer to a lost acknowledgement survives a restart
+        assert s.click(0, 1.0, 2.0, op_id="tab-1") == first and s.undo(0, op_id="tab-3")
+        assert s.counts()[0] == 0 and s.can_undo(0)
+
+
 def test_store_rejects_bad_clicks_without_writing(tmp_path):
     frames, refs = make_frames()
     with AnnotationStore(tmp_path / "a.jsonl", frames, refs) as s:
         before = s.path.read_bytes()
-        for x, y in [(-0.6, 1.0), (W - 0.4, 1.0), (1.0, H), (float("nan"), 1.0), ("3", 1.0), (True, 1.0)]:
+        bad = [(-0.6, 1.0), (W - 0.4, 1.0), (1.0, H), (float("nan"), 1.0), ("3", 1.0), (True, 1.0), (10**30, 1.0)]
+        for x, y in bad + [(1.0, 10**400)]:
             with pytest.raises(ValueError):
                 s.click(0, x, y)
         for f in (-1, N, 1.0, True):
@@ -147,11 +210,11 @@ def test_export_round_trip(tmp_path, combine):
     assert a.first_click[2] <= a.last_click[2] and np.isnan(a.first_click[1])
     assert [len(t) for t in a.click_times] == [1, 0, 3, 0]
     assert a.attrs["format"] == "visarl-annotations" and a.attrs["schema_version"] == 1
-    assert a.attrs["combine"] == combine and a.attrs["sigma"] == 10.0 and a.attrs["reference_size"] == 224
+    assert a.attrs["combine"] == combine and a.attrs["sigma"] == 10.0 and a.attrs["reference_size"] == 400
     assert a.attrs["task"] == "reach-v3"
     np.testing.assert_array_equal(a.rebuild_maps(), a.maps)
     wide = a.rebuild_maps(sigma=30.0)
-    np.testing.assert_array_equal(wide[0], clicks_to_map([[1.5, 2.5]], H, W, 30.0, 224, combine))
+    np.testing.assert_array_equal(wide[0], clicks_to_map([[1.5, 2.5]], H, W, 30.0, 400, combine))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ann.h5"]  # no temp file left
 
 
@@ -280,6 +343,20 @@ BAD_POSTS = [
     ("/api/click", {"frame": 0, "x": W, "y": 1.0}, {}, 400),
     ("/api/click", {"frame": 0, "x": 1.0, "y": -0.51}, {}, 400),
     ("/api/click", {"frame": 0, "x": 1e308, "y": 1.0}, {}, 400),
+    ("/api/click", b'{"frame": 0, "x": 1000000000000000000000000000000, "y": 1.0}', {}, 400),  # an integer 1e30
+    ("/api/click", b'{"frame": 0, "x": 1.0, "y": 1' + b"0" * 400 + b"}", {}, 400),  # beyond float range
+    ("/api/click", b'{"frame": 0, "x": ' + b"[" * 5000 + b"]" * 5000 + b', "y": 1.0}', {}, 400),  # nested deep
+    ("/api/click", b"[" * 5000 + b"]" * 5000, {}, 400),
+    ("/api/click", {"frame": 0, "x": 1.0, "y": 1.0, "label": "puck"}, {}, 400),
+    ("/api/click", {"frame": 0, "x": 1.0, "y": 1.0, "op_id": "two words"}, {}, 400),
+    ("/api/click", {"frame": 0, "x": 1.0, "y": 1.0, "session": "short"}, {}, 400),
+    ("/api/delete", {"frame": 1, "id": 99}, {}, 400),
+    ("/api/delete", {"frame": 1, "id": "0"}, {}, 400),
+    ("/api/move", {"frame": 1, "id": 0, "x": 1e9, "y": 1.0}, {}, 400),
+    ("/api/label", {"frame": 1, "id": 0, "label": 3}, {}, 400),
+    ("/api/empty", {"frame": 1, "value": True}, {}, 400),  # frame 1 has a click
+    ("/api/empty", {"frame": 0, "value": 1}, {}, 400),
+    ("/api/session", {}, {}, 400),
     ("/api/click", {"frame": 0, "x": 1.0, "y": 1.0}, {"Content-Type": "text/plain"}, 415),
     ("/api/click", b'{"frame": 0, "x": 1.0, "y": 1.0, "pad": "' + b"a" * MAX_BODY + b'"}', {}, 413),
     ("/api/undo", {}, {}, 400),
@@ -294,13 +371,29 @@ BAD_POSTS = [
 ]
 
 
-@pytest.mark.parametrize("path,body,headers,status", BAD_POSTS)
+@pytest.mark.parametrize("path,body,headers,status", BAD_POSTS, ids=[f"{p}-{i}" for i, (p, *_) in enumerate(BAD_POSTS)])
 def test_bad_posts_are_refused_and_change_nothing(server, path, body, headers, status):
     request(server, "POST", "/api/click", {"frame": 1, "x": 2.0, "y": 3.0})
     before = _snapshot(server)
     st, res = request(server, "POST", path, body, headers)
     assert st == status, res
     assert "error" in res
+    assert _snapshot(server) == before
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u00b9\u00b3", "1\u00b2", "+12", "1_2"])
+def test_a_content_length_of_anything_but_ascii_digits_is_a_400(server, length):
+    # '²' passes str.isdigit() but not int(): it must be refused, not answered with a 500.
+    before = _snapshot(server)
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    conn.putrequest("POST", "/api/click")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", length.encode("latin-1"))
+    conn.endheaders()
+    conn.send(b'{"frame": 0, "x": 1.0, "y": 1.0}')
+    r = conn.getresponse()
+    assert r.status == 400 and "Content-Length" in json.loads(r.read())["error"]
+    conn.close()
     assert _snapshot(server) == before
 
 
@@ -367,6 +460,99 @@ def test_keep_alive_survives_a_refusal(server):
     r = conn.getresponse()
     assert r.status == 200 and json.loads(r.read())["state"]["counts"][0] == 1
     conn.close()
+
+
+def test_a_second_tab_takes_the_store_and_the_first_is_refused(server):
+    tab_a, tab_b = "a" * 16, "b" * 16
+    click = {"frame": 0, "x": 1.0, "y": 1.0}
+    assert request(server, "POST", "/api/session", {"session": tab_a})[1]["state"]["session"] == tab_a
+    assert request(server, "POST", "/api/click", {**click, "session": tab_a})[0] == 200
+    assert request(server, "POST", "/api/session", {"session": tab_b})[0] == 200
+    before = _snapshot(server)
+    for path, body in [("/api/click", click), ("/api/undo", {"frame": 0}), ("/api/done", {})]:
+        st, res = request(server, "POST", path, {**body, "session": tab_a})
+        assert st == 409 and res["superseded"] and "another tab" in res["error"], path
+    assert _snapshot(server) == before  # the old tab changed nothing: no undo of the other tab's work
+    assert request(server, "POST", "/api/click", {**click, "session": tab_b})[0] == 200
+    assert request(server, "POST", "/api/click", click)[0] == 200  # a script without a session is not a tab
+    st, res = request(server, "GET", "/api/state")
+    assert res["session"] == tab_b and res["counts"][0] == 3
+
+
+def test_the_first_session_after_a_restart_holds_the_store(tmp_path):
+    frames, refs = make_frames()
+    with AnnotationServer(frames, refs, tmp_path / "a.jsonl") as srv:
+        assert request(srv, "POST", "/api/session", {"session": "a" * 16})[0] == 200
+    with AnnotationServer(frames, refs, tmp_path / "a.jsonl") as srv:  # restarted: no session yet
+        assert request(srv, "POST", "/api/click", {"frame": 0, "x": 1.0, "y": 1.0, "session": "b" * 16})[0] == 200
+        st, res = request(srv, "POST", "/api/click", {"frame": 0, "x": 1.0, "y": 1.0, "session": "a" * 16})
+        assert st == 409 and srv.store.counts()[0] == 1
+
+
+def test_a_resent_post_is_stored_once(server):
+    body = {"frame": 2, "x": 3.0, "y": 4.0, "op_id": "tab-7", "label": "goal"}
+    first = request(server, "POST", "/api/click", body)[1]
+    again = request(server, "POST", "/api/click", body)[1]
+    assert first["click_id"] == again["click_id"] and again["state"]["counts"][2] == 1
+    assert again["annotation"]["labels"] == ["goal"] and again["annotation"]["ids"] == [first["click_id"]]
+    st, res = request(server, "POST", "/api/move", {"frame": 2, "id": first["click_id"], "x": 5.0, "y": 6.0})
+    assert st == 200 and res["annotation"]["clicks"] == [[5.0, 6.0]]
+    st, res = request(server, "POST", "/api/delete", {"frame": 2, "id": first["click_id"]})
+    assert st == 200 and res["annotation"]["clicks"] == []
+    st, res = request(server, "POST", "/api/empty", {"frame": 2, "value": True})
+    assert st == 200 and res["state"]["empty"] == [False, False, True, False] and res["annotation"]["empty"]
+
+
+def test_context_frames_and_where_each_frame_sits(tmp_path):
+    from visarl.annotate.select import FrameContext
+
+    frames, refs = make_frames()
+    offsets = np.arange(-1, 2)
+    neighbours = np.random.default_rng(1).integers(0, 256, (N, 3, H, W, 3), dtype=np.uint8)
+    available = np.ones((N, 3), bool)
+    available[0, 0] = False  # frame 0 is its episode's first step
+    ctx = FrameContext(np.arange(N) + 40, np.arange(N) * 5, offsets, neighbours, available)
+    with AnnotationServer(frames, refs, tmp_path / "a.jsonl", context=ctx) as srv:
+        state = request(srv, "GET", "/api/state")[1]
+        assert state["episode"] == [40, 41, 42, 43] and state["step"] == [0, 5, 10, 15]
+        assert state["context"][0] == [0, 1] and state["context"][1] == [-1, 0, 1]
+        st, png = request(srv, "GET", "/api/context/1/-1.png")
+        assert st == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(png))), neighbours[1, 0])
+        assert request(srv, "GET", "/api/context/0/-1.png")[0] == 404
+        assert request(srv, "GET", "/api/context/1/2.png")[0] == 404
+    with pytest.raises(ValueError, match="context"):
+        AnnotationServer(frames[:3], refs[:3], tmp_path / "b.jsonl", context=ctx)
+    with AnnotationServer(frames, refs, tmp_path / "c.jsonl") as srv:
+        assert request(srv, "GET", "/api/state")[1]["episode"] is None
+        assert request(srv, "GET", "/api/context/1/1.png")[0] == 404
+
+
+def test_a_client_that_goes_away_mid_answer_leaves_no_traceback(tmp_path, capfd, caplog):
+    # A noise frame makes a PNG of ~3 MB: far more than the socket buffers hold, so the server is still
+    # writing when the client resets the connection.
+    frames = np.random.default_rng(0).integers(0, 256, (1, 1024, 1024, 3), dtype=np.uint8)
+    caplog.set_level(logging.DEBUG, logger="visarl.annotate.server")
+    srv = AnnotationServer(frames, [("s.h5", 0)], tmp_path / "a.jsonl", fsync=False).start()
+    try:
+        srv.frame_png(0)  # encoded before the request, so the answer starts at once
+        for _ in range(3):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((srv.host, srv.port))
+            s.sendall(f"GET /api/frame/0.png HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode())
+            assert s.recv(1024).startswith(b"HTTP/1.1 200")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+            s.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("went away" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        assert request(srv, "GET", "/api/state")[0] == 200  # still serving
+    finally:
+        srv.shutdown()
+    out = capfd.readouterr()
+    assert "Traceback" not in out.err + out.out and "BrokenPipe" not in out.err
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("went away" in r.getMessage() for r in caplog.records)  # the reset did happen mid-answer
 
 
 def test_serve_stops_when_done_and_exports(tmp_path, capsys):

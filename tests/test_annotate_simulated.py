@@ -100,6 +100,21 @@ def test_config_checks_and_from_config():
     clicks = _many(ann, 20)
     assert all(len(c) == 10 for c in clicks)
     assert np.linalg.norm(np.concatenate(clicks) - OBJ, axis=1).min() > 10
+    # The task's guidance decides which parts get clicks, whatever the weights say.
+    guided = from_config(SimulatedConfig(), jitter=1.0, parts=("gripper", "goal"))
+    assert guided.weights == {"gripper": 0.5, "object": 0.0, "goal": 0.2}
+    with pytest.raises(ConfigError, match="guidance"):
+        from_config(SimulatedConfig(gripper_weight=0.0, goal_weight=0.0), jitter=1.0, parts=("gripper", "goal"))
+
+
+def test_each_click_is_labelled_with_the_part_it_aimed_at():
+    ann = SimulatedAnnotator(jitter=0.5, tip_bias=50.0)  # clicks close to their keypoint
+    rng = np.random.default_rng(0)
+    pts, labels = ann.labelled_frame_clicks(XY, [True] * 3, KINDS, HAND, H, W, rng)
+    assert len(labels) == len(pts) > 0 and set(labels) <= set(KINDS)
+    np.testing.assert_array_equal(np.array(KINDS)[_nearest_kind(pts)], labels)
+    # The unlabelled call draws the same clicks from the same generator state.
+    np.testing.assert_array_equal(ann.frame_clicks(XY, [True] * 3, KINDS, HAND, H, W, np.random.default_rng(0)), pts)
 
 
 def test_state_projection_matches_the_live_simulator():

@@ -129,7 +129,9 @@ def run_experiment(cfg: ExperimentConfig, ctx: RunContext) -> dict:
         while queue and len(running) < cfg.parallel:
             c = queue.pop(0)
             log = open(log_dir / f"{c.run_dir.parent.name}-{c.run_dir.name}.log", "ab")
-            running.append((c, subprocess.Popen(c.command(cfg.overrides, cfg.params), stdout=log, stderr=subprocess.STDOUT)))
+            running.append(
+                (c, subprocess.Popen(c.command(cfg.overrides, cfg.params), stdout=log, stderr=subprocess.STDOUT))
+            )
             print(f"experiment: started {c.run_dir}")
         for c, proc in list(running):
             if proc.poll() is not None:

@@ -33,6 +33,23 @@ SELECTION_METHODS = ("random", "diverse")
 _CHUNK = 8192  # rows per chunk when reading frames or computing distances: bounds temporary memory
 
 
+@dataclass
+class FrameContext:
+    """Where each of ``N`` chosen frames sits in its episode, with its neighbours there (the page's read-only
+    context: where the arm came from and where it is going). ``K = 2 * radius + 1`` offsets around each frame."""
+
+    episode: np.ndarray
+    """int64 ``[N]``, the frame's episode id."""
+    step: np.ndarray
+    """int64 ``[N]``, the frame's step within that episode."""
+    offsets: np.ndarray
+    """int64 ``[K]``, step offsets ``-radius..radius`` (0 is the frame itself)."""
+    frames: np.ndarray
+    """uint8 ``[N, K, H, W, 3]``, the neighbours (zeros where the episode has no such step)."""
+    available: np.ndarray
+    """bool ``[N, K]``, the episode has that step."""
+
+
 class Coverage(NamedTuple):
     """Distance from each frame to its nearest chosen frame, in the units of the features given."""
 
@@ -79,6 +96,26 @@ class FramePool:
             order = np.argsort(rows, kind="stable")  # sorted reads are the fast path of every storage layout
             out[at[order]] = self.readers[s].read(field, rows[order])
         return out
+
+    def context(self, indices: Sequence[int] | np.ndarray, radius: int) -> FrameContext:
+        """Episode, step and the neighbours within ``radius`` steps of pool frames ``indices`` (same episode)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        everything = np.arange(len(self))
+        episode, step = self.read("episode", everything), self.read("step", everything).astype(np.int64)
+        offsets = np.arange(-radius, radius + 1, dtype=np.int64)
+        nb = np.full((len(idx), len(offsets)), -1, np.int64)  # [N, K] pool index of each neighbour, -1: none
+        for n, i in enumerate(idx):
+            same = np.flatnonzero(episode == episode[i])  # the episode's frames (each step once in the pool)
+            for k, d in enumerate(offsets):
+                hit = same[step[same] == step[i] + d]
+                if len(hit):
+                    nb[n, k] = hit[0]
+        h, w = self.frame_shape
+        frames = np.zeros((*nb.shape, h, w, 3), np.uint8)
+        have = nb >= 0
+        if have.any():
+            frames[have] = self.read("rgb", nb[have])
+        return FrameContext(episode[idx].astype(np.int64), step[idx], offsets, frames, have)
 
     def features(self, size: int = 16, grey: bool = False) -> np.ndarray:
         """Area-downsampled frames, uint8 ``[N, size * size * C]`` (C = 1 grey, 3 colour), read in chunks.

@@ -5,7 +5,9 @@ gripper tip, as well as the task specific objects and the goal location", 25 +- 
 This module draws that: a click count from N(clicks_mean, clicks_std) (rounded, clipped), each click aimed at
 the gripper, an object or the goal with the per-kind weights (renormalised over the keypoints inside the
 frame), gripper clicks spread along the gripper from the tip up to the hand body with a Beta(1, tip_bias)
-position (mass near the tip), and Gaussian jitter of ``jitter`` frame pixels on every click.
+position (mass near the tip), and Gaussian jitter of ``jitter`` frame pixels on every click. It clicks only
+the parts the task's guidance names (:mod:`visarl.annotate.guidance`: on reach, the gripper and the goal, not
+the puck), the same description the page shows a person, and labels each click with the part it aimed at.
 
 Where keypoints come from: the stored 39-d ``state`` of each frame (hand, object and goal positions) projected
 with the shard's world-fixed camera (:func:`visarl.envs.keypoints_from_states`). Nothing is re-simulated: the
@@ -23,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visarl.annotate.guidance import PARTS
 from visarl.config import ConfigError
 
-KINDS = ("gripper", "object", "goal")
+KINDS = PARTS
 
 
 @dataclass
@@ -43,7 +46,7 @@ class SimulatedConfig:
     jitter_px: float = 12.5
     """Click scatter (std, px) at ``reference_size`` like sigma; 12.5 px at 400 is 2 px on a 64 px frame."""
     gripper_weight: float = 0.5
-    """Share of clicks on the gripper."""
+    """Share of clicks on the gripper (the shares are renormalised over the parts the task's guidance names)."""
     object_weight: float = 0.3
     """Share of clicks on the task's object(s), split evenly between them."""
     goal_weight: float = 0.2
@@ -106,13 +109,26 @@ class SimulatedAnnotator:
     ) -> np.ndarray:
         """Clicks ``[M, 2]`` for one frame from keypoints ``xy [K, 2]``, ``visible [K]``, their ``kinds`` and the
         hand body's pixel ``hand [2]`` (None: gripper clicks sit on the tip). No visible keypoint: no clicks."""
+        return self.labelled_frame_clicks(xy, visible, kinds, hand, height, width, rng)[0]
+
+    def labelled_frame_clicks(
+        self,
+        xy: np.ndarray,
+        visible: np.ndarray,
+        kinds: Sequence[str],
+        hand: np.ndarray | None,
+        height: int,
+        width: int,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, list[str]]:
+        """:meth:`frame_clicks` and the part each click aimed at (``[M]``, from ``kinds``)."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         visible = np.asarray(visible, bool).reshape(-1)
         per_kind = {k: max(1, sum(kk == k for kk in kinds)) for k in KINDS}
         # A kind's weight is shared by its keypoints (two objects: half each), then only visible ones count.
         w = np.array([self.weights.get(k, 0.0) / per_kind.get(k, 1) for k in kinds]) * visible
         if w.sum() <= 0:
-            return np.zeros((0, 2))
+            return np.zeros((0, 2)), []
         m = int(np.clip(np.rint(rng.normal(self.clicks_mean, self.clicks_std)), self.min_clicks, self.max_clicks))
         target = rng.choice(len(xy), size=m, p=w / w.sum())  # [M] keypoint each click aims at
         pts = xy[target].copy()
@@ -125,7 +141,7 @@ class SimulatedAnnotator:
         # The store accepts clicks inside the frame only: [-0.5, W - 0.5] x [-0.5, H - 0.5].
         pts[:, 0] = np.clip(pts[:, 0], -0.5, width - 0.5)
         pts[:, 1] = np.clip(pts[:, 1], -0.5, height - 0.5)
-        return pts
+        return pts, [str(kinds[t]) for t in target]
 
     def annotate(
         self,
@@ -151,15 +167,20 @@ def frame_rng(seed: int, frame: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), 0x5A1, int(frame)])
 
 
-def from_config(cfg: SimulatedConfig, jitter: float) -> SimulatedAnnotator:
-    """The annotator of a config; ``jitter`` is ``cfg.jitter_px`` already in frame pixels."""
+def from_config(cfg: SimulatedConfig, jitter: float, parts: Sequence[str] = PARTS) -> SimulatedAnnotator:
+    """The annotator of a config; ``jitter`` is ``cfg.jitter_px`` already in frame pixels. Parts not in
+    ``parts`` (the task's guidance) get no clicks; ``ConfigError`` if that leaves no weight at all."""
+    weights = {"gripper": cfg.gripper_weight, "object": cfg.object_weight, "goal": cfg.goal_weight}
+    weights = {k: (w if k in parts else 0.0) for k, w in weights.items()}
+    if sum(weights.values()) <= 0:
+        raise ConfigError(f"simulated: the weights give no clicks to the guidance's parts {list(parts)}")
     return SimulatedAnnotator(
         clicks_mean=cfg.clicks_mean,
         clicks_std=cfg.clicks_std,
         min_clicks=cfg.min_clicks,
         max_clicks=cfg.max_clicks,
         jitter=jitter,
-        weights={"gripper": cfg.gripper_weight, "object": cfg.object_weight, "goal": cfg.goal_weight},
+        weights=weights,
         tip_bias=cfg.tip_bias,
     )
 

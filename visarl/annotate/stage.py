@@ -6,7 +6,9 @@
 ``annotator: human`` serves the page (:mod:`visarl.annotate.server`) over the chosen frames, prints its URL and
 blocks until the annotator presses Done (or Ctrl-C), then exports. ``annotator: simulated`` clicks on the
 projected keypoints (:mod:`visarl.annotate.simulated`). Both write through one
-:class:`~visarl.annotate.store.AnnotationStore`, so the journal and the HDF5 export have one format.
+:class:`~visarl.annotate.store.AnnotationStore`, so the journal and the HDF5 export have one format, and both
+follow one task guidance (:mod:`visarl.annotate.guidance`: what to click, and the parts that matter), which
+the page shows and the simulated annotator obeys.
 
 Where the files go: beside the replay they index, not in the run directory. By default the journal is
 ``<data_dir>/../annotations/<annotator_id>.jsonl`` and the export ``<data_dir>/../annotations.h5`` (for the
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from visarl.annotate.guidance import Guidance, check_parts, task_guidance
 from visarl.annotate.select import (
     SELECTION_METHODS,
     Coverage,
@@ -69,6 +72,12 @@ class AnnotateConfig(RunConfig):
     """Frames to annotate (paper: 30 per task)."""
     selection: str = "random"
     """'random' (seeded uniform, as the paper) or 'diverse' (greedy k-center on downsampled frames)."""
+    guidance: str = ""
+    """What to click, shown on the page; default: the task's entry in visarl.annotate.guidance."""
+    parts: list[str] = field(default_factory=list)
+    """Parts that matter (gripper, object, goal): click labels and simulated targets; default: the task's guidance."""
+    context_radius: int = 3
+    """Neighbouring steps of the same episode the page shows as read-only context, each side."""
     feature_size: int = 16
     """Side of the downsampled colour frames 'diverse' compares (and coverage is measured on)."""
     annotator: str = "human"
@@ -82,7 +91,7 @@ class AnnotateConfig(RunConfig):
     open_browser: bool = False
     """Open the page in the default browser."""
     display_size: int = 512
-    """Size the page shows frames at, in screen pixels."""
+    """Largest size the page draws a frame at when it fits it to the window, in screen pixels (zoom goes beyond)."""
     sigma: float = SIGMA
     """Gaussian sigma of a click in pixels at reference_size (paper: 10)."""
     reference_size: float = REFERENCE_SIZE
@@ -102,6 +111,13 @@ class AnnotateConfig(RunConfig):
         choice("combine", self.combine, COMBINE_MODES)
         if self.num_frames < 1:
             raise ConfigError(f"num_frames: must be positive, got {self.num_frames}")
+        if self.parts:
+            try:
+                check_parts(self.parts)
+            except ValueError as e:
+                raise ConfigError(f"parts: {e}") from None
+        if self.context_radius < 0:
+            raise ConfigError(f"context_radius: must be >= 0, got {self.context_radius}")
         if self.feature_size < 1 or self.display_size < 1:
             raise ConfigError(
                 f"feature_size and display_size must be positive, got {self.feature_size}, {self.display_size}"
@@ -167,6 +183,7 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
         idx = select_indices(pool, cfg.num_frames, cfg.selection, cfg.seed)
     refs = pool.refs(idx)
     frames = pool.read("rgb", idx)  # [N, H, W, 3] uint8
+    guide = task_guidance(task, cfg.guidance, cfg.parts)
     print(
         f"annotate: {cfg.num_frames} of {len(pool)} frames of {task or '?'} from {data_dir}, selection={cfg.selection} "
         f"seed={cfg.seed} (coverage: mean {cover.mean:.4f}, max {cover.max:.4f} RMS at {cfg.feature_size}px; "
@@ -192,13 +209,17 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
         combine=cfg.combine,
         task=task,
         annotator=who,
+        guidance=guide.text,
+        parts=guide.parts,
     )
+    print(f"annotate: guidance: {guide.text} (parts: {', '.join(guide.parts)})", flush=True)
     if cfg.annotator == "simulated":
         export_attrs["simulated"] = json.dumps(asdict(cfg.simulated))
         states = pool.read("state", idx)  # [N, 39]
-        _simulate(cfg, pool, frames, refs, states, store_path, export_path, common, export_attrs, task)
+        _simulate(cfg, pool, frames, refs, states, store_path, export_path, common, export_attrs, task, guide)
     else:
-        _serve(cfg, ctx, frames, refs, store_path, export_path, common, export_attrs)
+        context = pool.context(idx, cfg.context_radius)
+        _serve(cfg, ctx, frames, refs, store_path, export_path, dict(common, context=context), export_attrs)
 
     ann = load_annotations(export_path)
     counts = [len(c) for c in ann.clicks]
@@ -214,6 +235,7 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
         "num_frames": cfg.num_frames,
         "frames_available": len(pool),
         "frames_annotated": int(ann.annotated.sum()),
+        "frames_nothing_salient": int(ann.nothing_salient.sum()),
         "clicks": int(sum(counts)),
         "clicks_per_frame_mean": float(np.mean(counts)),
         "clicks_per_frame_std": float(np.std(counts)),
@@ -240,15 +262,17 @@ def _simulate(
     common: dict,
     export_attrs: dict,
     task: str,
+    guide: Guidance,
 ) -> None:
-    """Simulated clicks on every frame, through the store; a rerun adds only what a killed run left out."""
+    """Simulated clicks on the guidance's parts of every frame, through the store; a rerun adds only what a
+    killed run left out."""
     missing = [str(r.path) for r in pool.readers if not r.attrs.get("camera") or not r.attrs.get("task")]
     if missing:
         raise ConfigError(f"annotator=simulated needs the shards' task and camera attributes; {missing} lack them")
     h, w = frames.shape[1:3]
     xy, visible, kinds, hands = project_keypoints(states, task, str(pool.readers[0].attrs["camera"]), h, w)
     jitter = frame_sigma(cfg.simulated.jitter_px, h, w, cfg.reference_size or None) if cfg.simulated.jitter_px else 0.0
-    annotator = from_config(cfg.simulated, jitter)
+    annotator = from_config(cfg.simulated, jitter, guide.parts)
     try:
         # No fsync per click (a simulated session is regenerated, not typed); the export is fsync-ed when written.
         store = AnnotationStore(store_path, frames, refs, fsync=False, export_attrs=export_attrs, **common)
@@ -256,13 +280,15 @@ def _simulate(
         raise ConfigError(f"store: {e}") from None
     with store:
         for i in range(len(frames)):
-            planned = annotator.frame_clicks(xy[i], visible[i], kinds, hands[i], h, w, frame_rng(cfg.seed, i))
+            planned, labels = annotator.labelled_frame_clicks(
+                xy[i], visible[i], kinds, hands[i], h, w, frame_rng(cfg.seed, i)
+            )
             done = store.clicks(i)
             if len(done) > len(planned) or not np.allclose(done, planned[: len(done)]):
                 print(f"annotate: frame {i} already holds other clicks in {store_path}; kept as they are", flush=True)
                 continue
-            for x, y in planned[len(done) :]:
-                store.click(i, float(x), float(y))
+            for (x, y), label in zip(planned[len(done) :], labels[len(done) :], strict=True):
+                store.click(i, float(x), float(y), label=label)
         store.mark_done()
         store.export(export_path)
 
