@@ -76,7 +76,7 @@ def forward_speed(size: int, batch: int, rounds: int, device: torch.device, loca
     nets = {}
     for on in (False, True):
         net = (
-            PiCANet(size, global_cells=on, local_hidden=local_hidden)
+            PiCANet(size, decoder="full" if on else "authors", local_hidden=local_hidden)
             .to(device)
             .eval()
             .to(memory_format=torch.channels_last)

@@ -108,15 +108,16 @@ def test_training_loss_falls_and_heldout_error_drops(annotations) -> None:
     import lightning.pytorch as pl
 
     from visarl.saliency.module import SaliencyModule
-    from visarl.saliency.picanet import deep_supervision_loss
+    from visarl.saliency.picanet import deep_supervision_loss, side_strides
 
     pl.seed_everything(0, verbose=False)
     dm = SaliencyDataModule(annotations, batch_size=8, seed=0)
     dm.setup()
     maps = dm.train_set.maps  # [16, 1, 64, 64]
-    constant = [torch.full((len(maps), 1, s, s), maps.mean().item()) for s in (8, 8, 8, 16, 32, 64)]
+    net = PiCANet(64, width_mult=1 / 16)  # the authors' decoder: sides at strides 8, 4, 2, 1
+    constant = [torch.full((len(maps), 1, 64 // d, 64 // d), maps.mean().item()) for d in side_strides("authors")]
     constant_loss = deep_supervision_loss(constant, maps).item()
-    module = SaliencyModule(PiCANet(64, width_mult=1 / 16, fc6_dilation=3), lr=3e-3)
+    module = SaliencyModule(net, lr=3e-3)
     losses: list[float] = []
 
     class Record(pl.Callback):
