@@ -300,37 +300,96 @@ def test_local_weights_file(tmp_path) -> None:
     state["classifier.0.weight"] = torch.zeros(2, 2)  # ignored
     path = tmp_path / "vgg16.pth"
     torch.save(state, path)
-    model = PiCANet(64, width_mult=TINY, weights_path=path)
+    model = PiCANet(64, width_mult=TINY, backbone_weights=path)
     for k, v in model.encoder.state_dict().items():
         torch.testing.assert_close(v, state[f"features.{k}"])
 
     bare = tmp_path / "features.pth"
     torch.save({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}, bare)
-    model = PiCANet(64, width_mult=TINY, weights_path=bare)
+    model = PiCANet(64, width_mult=TINY, backbone_weights=bare)
     torch.testing.assert_close(model.encoder[0].weight, state["features.0.weight"])
 
     with pytest.raises(ValueError, match="does not match"):
-        PiCANet(64, width_mult=TINY / 2, weights_path=path)  # other widths
+        PiCANet(64, width_mult=TINY / 2, backbone_weights=path)  # other widths
     pickled = tmp_path / "object.pth"
     torch.save({"x": np.arange(3)}, pickled)  # needs full unpickling: refused by weights_only
     with pytest.raises(ValueError, match="object.pth"):
-        PiCANet(64, width_mult=TINY, weights_path=pickled)
+        PiCANet(64, width_mult=TINY, backbone_weights=pickled)
+
+
+VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision's indices of VGG-16's 13 convs
+
+
+def _random_torchvision_vgg16_state() -> dict[str, torch.Tensor]:
+    """A randomly initialised torchvision VGG-16 state dict (``features.*`` and ``classifier.*`` keys), with the
+    102M-parameter classifier shrunk: the encoder ignores it, and the test stays light."""
+    import torchvision
+
+    torch.manual_seed(1)
+    with torch.device("meta"):
+        layout = torchvision.models.vgg16().state_dict()  # key names only: nothing allocated, nothing downloaded
+    state = {f"features.{k}": v for k, v in _torchvision_vgg16_features().state_dict().items()}
+    state.update({k: torch.zeros(2) for k in layout if k.startswith("classifier.")})
+    assert set(state) == set(layout)
+    return state
 
 
 @pytest.mark.parametrize("decoder", ["authors", "full"])
-def test_torchvision_vgg16_state_dict_loads(tmp_path, decoder: str) -> None:
-    """torchvision's own VGG-16 ``features`` (randomly initialised here: nothing is downloaded) has the encoder's
-    keys and shapes, so pretrained ImageNet weights from a local file fit the stride-8 encoder (the authors'
-    decoder builds it up to conv4_3 and ignores conv5's weights)."""
-    torch.manual_seed(1)
-    features = _torchvision_vgg16_features()
-    path = tmp_path / "vgg16_features.pth"
-    torch.save(features.state_dict(), path)
-    model = PiCANet(32, decoder=decoder, weights_path=path)
-    encoder = model.encoder.state_dict()
-    assert len(encoder) == {"authors": 20, "full": 26}[decoder]  # weight + bias of 10 or 13 convs
-    for k, v in encoder.items():
-        torch.testing.assert_close(v, features.state_dict()[k])
+def test_backbone_weights_from_a_torchvision_vgg16_file(tmp_path, decoder: str) -> None:
+    """A torchvision VGG-16 state dict saved to a file and given as ``backbone_weights``: every VGG conv the
+    encoder builds (10 up to conv4_3 for the authors' decoder, all 13 for the full one) holds that layer's tensors,
+    and the encoder's convs keep their stride-8 dilations."""
+    state = _random_torchvision_vgg16_state()
+    path = tmp_path / "vgg16.pth"
+    torch.save(state, path)
+    model = PiCANet(32, decoder=decoder, backbone_weights=str(path))
+    built = [i for i in VGG16_CONVS if i < len(model.encoder)]
+    assert len(built) == {"authors": 10, "full": 13}[decoder]
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.encoder) == len(built)
+    for i in built:
+        conv = model.encoder[i]
+        torch.testing.assert_close(conv.weight, state[f"features.{i}.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(conv.bias, state[f"features.{i}.bias"], rtol=0, atol=0)
+    assert model.encoder[24 if decoder == "full" else 21].dilation == ((2, 2) if decoder == "full" else (1, 1))
+    with pytest.raises(ValueError, match="no such VGG-16 weights file"):
+        PiCANet(32, width_mult=TINY, backbone_weights=str(tmp_path / "missing.pth"))
+
+
+def _offline_hub(monkeypatch, hub_dir) -> list[str]:
+    """Point the torch hub cache at ``hub_dir`` and make every download fail; returns the URLs asked for."""
+    import urllib.error
+
+    asked: list[str] = []
+
+    def no_network(url: str, *args, **kwargs) -> None:
+        asked.append(url)
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub_dir))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return asked
+
+
+def test_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    """Offline with an empty cache: the error names the file to place and the torch hub checkpoints dir."""
+    asked = _offline_hub(monkeypatch, tmp_path / "hub")
+    with pytest.raises(ValueError) as err:
+        PiCANet(32, width_mult=TINY, backbone_weights="imagenet")
+    msg = str(err.value)
+    assert "vgg16-397923af.pth" in msg and str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in msg
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in msg
+    assert asked == ["https://download.pytorch.org/models/vgg16-397923af.pth"]  # one try, through torchvision
+
+
+def test_imagenet_weights_come_from_the_hub_cache(tmp_path, monkeypatch) -> None:
+    """With the file in the torch hub cache, 'imagenet' loads it through torchvision without any download."""
+    asked = _offline_hub(monkeypatch, tmp_path / "hub")
+    state = _random_torchvision_vgg16_state()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth")
+    model = PiCANet(32, backbone_weights="imagenet")
+    assert asked == []
+    torch.testing.assert_close(model.encoder[21].weight, state["features.21.weight"], rtol=0, atol=0)
 
 
 def test_weights_file_round_trip(tmp_path) -> None:

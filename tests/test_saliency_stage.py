@@ -208,7 +208,7 @@ def test_resume_continues_from_last_checkpoint(annotations, tmp_path) -> None:
     assert len(scalars["train/loss"]) == 4  # epochs 0-1, then 2-3: no epoch repeated
 
 
-def test_bad_inputs_get_clear_errors(tmp_path) -> None:
+def test_bad_inputs_get_clear_errors(annotations, tmp_path) -> None:
     base = [f"output_dir={tmp_path}/runs", "export_path=none"]
     with pytest.raises(ConfigError, match=r"missing\.h5"):
         run(TINY, [*base, "run=a", f"annotations={tmp_path}/missing.h5"])
@@ -220,3 +220,11 @@ def test_bad_inputs_get_clear_errors(tmp_path) -> None:
         run(TINY, [*base, "run=c", "input_size=60"])
     with pytest.raises(ConfigError, match="epochs"):
         run(TINY, [*base, "run=d", "trainer.max_epochs=3"])
+    with pytest.raises(ConfigError, match=r"backbone_weights: ImageNet VGG-16 weights fit width_mult 1 only"):
+        run(TINY, [*base, "run=e", "backbone_weights=imagenet"])
+    with pytest.raises(ConfigError, match="decoder"):
+        run(TINY, [*base, "run=f", "decoder=global"])
+    with pytest.raises(ConfigError, match="authors decoder has 4 side outputs"):
+        run(TINY, [*base, "run=g", "side_weights=[1,1,1,1,1]"])
+    with pytest.raises(ConfigError, match=r"backbone_weights: .*nothing\.pth"):
+        run(TINY, [*base, "run=h", f"annotations={annotations}", f"backbone_weights={tmp_path}/nothing.pth"])

@@ -324,8 +324,10 @@ class PiCANet(nn.Module):
         side_prior: initial output of every side output (the bias of its 1x1 conv is the prior's log-odds, as
             RetinaNet initialises its classifier): salient pixels are a few percent of a frame, and starting the
             sides at 0.5 (PiCANet's zero bias) spends the first epochs of a 24-frame training learning that.
-        weights_path: a local VGG-16 state dict (torchvision's full model or its ``features``) loaded into the
-            VGG part of the encoder with ``torch.load(weights_only=True)``; nothing is ever downloaded here.
+        backbone_weights: initialisation of the encoder's VGG part (:func:`resolve_backbone_state`):
+            ``"imagenet"`` (torchvision's ImageNet VGG-16, from the torch hub cache, downloaded there once), a path
+            to a local torchvision VGG-16 state dict, or None / ``""`` for random init (fc6/fc7 always start
+            random). ImageNet weights fit ``width_mult=1`` only.
     """
 
     def __init__(
@@ -341,7 +343,7 @@ class PiCANet(nn.Module):
         fc6_dilation: int = 12,
         dropout: float = 0.5,
         side_prior: float = 0.05,
-        weights_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
         if input_size < 8 or input_size % 8 != 0:
@@ -365,7 +367,7 @@ class PiCANet(nn.Module):
             "dropout": dropout,
             "side_prior": side_prior,
         }
-        """The constructor's numbers (all but ``weights_path``): ``PiCANet(**hparams)`` rebuilds the network."""
+        """The constructor's numbers (all but ``backbone_weights``): ``PiCANet(**hparams)`` rebuilds the network."""
         self.input_size = input_size
         self.decoder_name = decoder
         stages, contexts = _DECODER_LAYOUT[decoder]
@@ -386,8 +388,8 @@ class PiCANet(nn.Module):
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                     nn.init.zeros_(m.bias)
-        if weights_path is not None:
-            self.load_backbone_file(Path(weights_path))
+        if backbone_weights:
+            self.load_backbone_state(*resolve_backbone_state(backbone_weights))
 
         # Channels of the encoder features the cells read, coarse to fine; each cell's Dec has the next one's.
         en_channels = [_scaled(c, width_mult) for c in (1024, 512, 512, 256, 128, 64)][-len(contexts) :]
@@ -420,16 +422,6 @@ class PiCANet(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"{source}: does not match the VGG-16 encoder: {e}") from e
 
-    def load_backbone_file(self, path: Path) -> None:
-        """:meth:`load_backbone_state` from a local file read with ``torch.load(weights_only=True)``."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling refused, not a torch file, missing file
-            raise ValueError(f"{path}: not a loadable VGG-16 state dict ({e})") from e
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-        self.load_backbone_state(state, str(path))
-
     def features(self, x: Tensor) -> list[Tensor]:
         """Encoder skip features the decoder reads, coarse to fine: (fc7, conv5_3 for ``full``), conv4_3 (all
         ``S/8``), conv3_3, conv2_2, conv1_2."""
@@ -452,6 +444,47 @@ class PiCANet(nn.Module):
             dec, side = cell(en, dec)
             sides.append(side)
         return PiCANetOutput(final=sides[-1], sides=tuple(sides))
+
+
+IMAGENET_WEIGHTS = "imagenet"
+"""``backbone_weights`` value naming torchvision's ``VGG16_Weights.IMAGENET1K_V1``."""
+
+
+def imagenet_vgg16_state() -> dict[str, Tensor]:
+    """torchvision's ImageNet VGG-16 state dict through its weights API (``VGG16_Weights.IMAGENET1K_V1``).
+
+    torchvision reads it from the torch hub cache (``<torch.hub.get_dir()>/checkpoints``) and downloads it there
+    the first time. Offline with nothing cached, ``ValueError`` names the file to place and the directory.
+    """
+    from torchvision.models import VGG16_Weights
+
+    weights = VGG16_Weights.IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True, map_location="cpu", weights_only=True)
+    except Exception as e:  # no network (URLError, OSError), a truncated cache file, ...
+        name = Path(weights.url).name
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ValueError(
+            f"ImageNet VGG-16 weights are not cached and could not be downloaded ({type(e).__name__}: {e}). "
+            f"Download {weights.url} elsewhere and place it as {cache / name} (the torch hub cache; TORCH_HOME "
+            "moves it), or set backbone_weights to a local torchvision VGG-16 state dict, or to '' for random init"
+        ) from e
+
+
+def resolve_backbone_state(spec: str | Path) -> tuple[dict[str, Tensor], str]:
+    """``"imagenet"`` or a path -> (VGG-16 state dict, a name for errors). Only ``"imagenet"`` may download."""
+    if str(spec) == IMAGENET_WEIGHTS:
+        return imagenet_vgg16_state(), "torchvision VGG16_Weights.IMAGENET1K_V1"
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such VGG-16 weights file (backbone_weights: 'imagenet', a file, or '')")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused, not a torch file
+        raise ValueError(f"{path}: not a loadable VGG-16 state dict ({e})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state, str(path)
 
 
 def to_net_input(rgb: Tensor, size: int) -> Tensor:

@@ -33,7 +33,7 @@ from visarl.config import ConfigError, RunConfig, choice
 from visarl.launch import prepare_ddp_launch
 from visarl.registry import RunContext, register_stage
 from visarl.saliency.data import default_annotations, default_weights
-from visarl.saliency.picanet import DECODERS, side_strides
+from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, side_strides
 
 
 @dataclass
@@ -60,8 +60,9 @@ class SaliencyConfig(RunConfig):
     """Dilation of fc6, full decoder only (PiCANet: 12 for 28 px maps; scale it down with input_size, e.g. 3 at 64)."""
     dropout: float = 0.5
     """Dropout after fc6, full decoder only (PiCANet: 0.5)."""
-    vgg_weights: str = ""
-    """Optional local torchvision VGG-16 state dict for the encoder (never downloaded); '' = random init."""
+    backbone_weights: str = ""
+    """VGG-16 encoder init: 'imagenet' (torchvision's weights via the torch hub cache; width_mult 1 only), a local
+    torchvision VGG-16 state dict, or '' for random init (test-size nets). The paper configs use imagenet."""
     epochs: int = 1000
     """Training epochs (paper: 1000 on 30 frames)."""
     batch_size: int = 16
@@ -111,6 +112,11 @@ class SaliencyConfig(RunConfig):
             )
         if not 0 <= self.color_jitter[3] <= 0.5:
             raise ConfigError(f"color_jitter: hue must be in [0, 0.5], got {self.color_jitter[3]}")
+        if self.backbone_weights == IMAGENET_WEIGHTS and self.width_mult != 1:
+            raise ConfigError(
+                f"backbone_weights: ImageNet VGG-16 weights fit width_mult 1 only, got width_mult={self.width_mult}; "
+                "set backbone_weights='' (random init, as the tiny and quickstart configs do) or width_mult=1"
+            )
         n_sides = len(side_strides(self.decoder))
         if not 1 <= len(self.side_weights) <= n_sides:
             raise ConfigError(
@@ -164,7 +170,10 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"annotations: {e}") from e
 
-    net = PiCANet(**cfg.net_kwargs(), weights_path=cfg.vgg_weights or None)
+    try:
+        net = PiCANet(**cfg.net_kwargs(), backbone_weights=cfg.backbone_weights or None)
+    except ValueError as e:  # a missing or foreign weights file, or ImageNet weights offline with nothing cached
+        raise ConfigError(f"backbone_weights: {e}") from e
     module = SaliencyModule(
         net,
         lr=cfg.lr,
