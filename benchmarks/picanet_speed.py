@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from visarl.saliency.metrics import FMeasure, MeanAbsoluteError  # noqa: E402
+from visarl.saliency.metrics import GT_THRESHOLD, FMeasure, MeanAbsoluteError  # noqa: E402
 from visarl.saliency.online import PiCANetSaliency  # noqa: E402
 from visarl.saliency.picanet import DECODERS, PiCANet, load_picanet  # noqa: E402
 
@@ -118,14 +118,14 @@ def label_speed(
     for p, src in sources.items():
         maps[p] = src.predict(frames).cpu()
     out = {f"fps_{p}": statistics.median(v) for p, v in times.items()}
-    f, mae = FMeasure(), MeanAbsoluteError()
+    f, mae = FMeasure(), MeanAbsoluteError()  # map against map: the soft MAE
     f.update(maps["bf16-mixed"], (maps["32"] > 0.5).float())
     mae.update(maps["bf16-mixed"], maps["32"])
     agree = f.compute()
     out.update(agree_f_max=float(agree["max"]), agree_mae=float(mae.compute()))
     if targets is not None:
         for p in sources:
-            f, mae = FMeasure(), MeanAbsoluteError()
+            f, mae = FMeasure(), MeanAbsoluteError(target_threshold=GT_THRESHOLD)  # as the saliency stage
             f.update(maps[p][: len(targets)], targets)
             mae.update(maps[p][: len(targets)], targets)
             res = f.compute()

@@ -185,7 +185,7 @@ def test_stage_end_to_end(annotations, tmp_path) -> None:
 
     # Metrics and images in TensorBoard; the summary's numbers are held-out metrics in range.
     scalars, images = _scalars(run_dir)
-    for tag in ("train/loss", "train/lr", "val/f_max", "val/f_adaptive", "val/mae", "val/loss"):
+    for tag in ("train/loss", "train/lr", "val/f_max", "val/f_adaptive", "val/mae", "val/mae_soft", "val/loss"):
         assert tag in scalars and np.isfinite(scalars[tag]).all(), tag
     assert len(scalars["train/loss"]) == 4  # one per epoch
     assert "val/examples" in images
