@@ -34,6 +34,7 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.29",
+            "pysodmetrics>=1.6",  # tests check visarl.saliency.metrics against it
         ],
     },
 )

@@ -15,6 +15,7 @@ from visarl.saliency.picanet import (
     deep_supervision_loss,
     load_picanet,
     save_picanet,
+    side_strides,
 )
 
 TINY = 1 / 16  # width_mult of the test-size model: VGG channels 4..32
@@ -23,10 +24,13 @@ TINY = 1 / 16  # width_mult of the test-size model: VGG channels 4..32
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _check_output(out: PiCANetOutput, batch: int, size: int) -> None:
+STRIDES = {"authors": (8, 4, 2, 1), "full": (8, 8, 8, 4, 2, 1)}  # side outputs, coarse to fine
+
+
+def _check_output(out: PiCANetOutput, batch: int, size: int, decoder: str = "authors") -> None:
     assert isinstance(out, PiCANetOutput)
-    assert len(out.sides) == 6
-    for side, div in zip(out.sides, (8, 8, 8, 4, 2, 1), strict=True):  # three cells at stride 8, then 4, 2, 1
+    assert len(out.sides) == len(STRIDES[decoder])
+    for side, div in zip(out.sides, STRIDES[decoder], strict=True):
         s = size // div
         assert side.shape == (batch, 1, s, s)
         assert torch.isfinite(side).all()
@@ -34,23 +38,63 @@ def _check_output(out: PiCANetOutput, batch: int, size: int) -> None:
     assert out.final is out.sides[-1]
 
 
-@pytest.mark.parametrize("global_cells", [False, True])
+def test_side_strides() -> None:
+    assert side_strides("authors") == STRIDES["authors"] and side_strides("full") == STRIDES["full"]
+    with pytest.raises(ValueError, match="decoder"):
+        side_strides("global")
+    with pytest.raises(ValueError, match="decoder"):
+        PiCANet(32, decoder="global", width_mult=TINY)
+
+
+@pytest.mark.parametrize("decoder", ["authors", "full"])
 @pytest.mark.parametrize("size", [32, 64, 128, 224])
-def test_tiny_shapes_and_range(size: int, global_cells: bool) -> None:
+def test_tiny_shapes_and_range(size: int, decoder: str) -> None:
     torch.manual_seed(0)
-    model = PiCANet(size, global_cells=global_cells, width_mult=TINY).eval()
+    model = PiCANet(size, decoder=decoder, width_mult=TINY).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, size, size))
-    _check_output(out, 2, size)
+    _check_output(out, 2, size, decoder)
 
 
-@pytest.mark.parametrize("global_cells", [False, True])
-def test_paper_size_model(global_cells: bool) -> None:
-    """The default is the paper's network: VGG-16 at stride 8 (pool4/pool5 stride 1, conv5 dilated 2), fc6/fc7
-    convs of 1024 channels (fc6 dilated 12), decoder cells on 1024, 512, 512, 256, 128, 64 channels."""
+def _torchvision_vgg16_features() -> torch.nn.Sequential:
+    import torchvision
+
+    return torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+
+
+def test_authors_decoder_is_the_default() -> None:
+    """The ViSaRL authors' decoder (their picanet_cfg[2]): VGG-16 up to conv4_3, no fc6/fc7; cells on conv4_3,
+    conv3_3, conv2_2 (local attention, 7x7 logit convs of 128 channels) and conv1_2 (no attention, side output off
+    F); Dec channels 256, 128, 64."""
     torch.manual_seed(0)
-    model = PiCANet(64, global_cells=global_cells).eval()
-    assert sum(p.numel() for p in model.encoder.parameters()) == 14_714_688  # torchvision VGG-16 features
+    model = PiCANet(64).eval()
+    assert model.hparams["decoder"] == "authors" and model.fc is None
+    vgg = _torchvision_vgg16_features()[:23]  # torchvision's VGG-16 features through conv4_3 + ReLU
+    assert len(model.encoder) == 23
+    assert sum(p.numel() for p in model.encoder.parameters()) == sum(p.numel() for p in vgg.parameters())
+    assert [model.encoder[i].stride for i in (4, 9, 16)] == [2, 2, 2]  # pool1..pool3
+    assert [type(cell.context).__name__ for cell in model.decoder] == ["LocalPiCANet"] * 3 + ["NoneType"]
+    assert [cell.bn_en.num_features for cell in model.decoder] == [512, 256, 128, 64]
+    assert [cell.bn_out.num_features for cell in model.decoder[:3]] == [256, 128, 64]
+    last = model.decoder[-1]
+    assert last.out is None and last.bn_out is None and last.side.in_channels == 64
+    assert model.decoder[0].fuse is None and all(cell.fuse is not None for cell in model.decoder[1:])
+    assert [cell.context.logits[0].out_channels for cell in model.decoder[:3]] == [128] * 3
+    with torch.no_grad():
+        feats = model.features(torch.rand(1, 3, 64, 64))
+        out = model(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(512, 8, 8), (256, 16, 16), (128, 32, 32), (64, 64, 64)]
+    _check_output(out, 1, 64, "authors")
+
+
+def test_full_decoder_is_liu_et_al() -> None:
+    """The full PiCANet of Liu et al.: VGG-16 at stride 8 (pool4/pool5 stride 1, conv5 dilated 2), fc6/fc7 convs of
+    1024 channels (fc6 dilated 12), global cells on fc7 and conv5_3, local on conv4_3, conv3_3, conv2_2, none at
+    conv1_2."""
+    torch.manual_seed(0)
+    model = PiCANet(64, decoder="full").eval()
+    vgg = _torchvision_vgg16_features()
+    assert sum(p.numel() for p in model.encoder.parameters()) == sum(p.numel() for p in vgg.parameters())
     fc6, fc7 = model.fc[0], model.fc[3]
     assert (fc6.in_channels, fc6.out_channels, fc6.kernel_size, fc6.dilation) == (512, 1024, (3, 3), (12, 12))
     assert (fc7.in_channels, fc7.out_channels, fc7.kernel_size) == (1024, 1024, (1, 1))
@@ -58,14 +102,12 @@ def test_paper_size_model(global_cells: bool) -> None:
     assert all(model.encoder[i].dilation == (2, 2) for i in (24, 26, 28))  # conv5_1..5_3
     assert all(model.encoder[i].dilation == (1, 1) for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21))
     assert [cell.bn_en.num_features for cell in model.decoder] == [1024, 512, 512, 256, 128, 64]
-    assert [cell.bn_out.num_features for cell in model.decoder] == [512, 512, 256, 128, 64, 64]
+    assert [cell.bn_out.num_features for cell in model.decoder[:5]] == [512, 512, 256, 128, 64]
     kinds = [type(cell.context).__name__ for cell in model.decoder]
-    coarse = "GlobalPiCANet" if global_cells else "NoneType"
-    assert kinds == [coarse, coarse] + ["LocalPiCANet"] * 4
-    # Plain cells are the attention branch deleted: Dec from F alone (1x1), not from [F, context].
-    assert [cell.out.in_channels for cell in model.decoder[:2]] == ([2048, 1024] if global_cells else [1024, 512])
+    assert kinds == ["GlobalPiCANet"] * 2 + ["LocalPiCANet"] * 3 + ["NoneType"]
+    assert [cell.out.in_channels for cell in model.decoder[:5]] == [2048, 1024, 1024, 512, 256]  # [F, context]
+    assert model.decoder[-1].out is None
     assert model.decoder[0].fuse is None and all(cell.fuse is not None for cell in model.decoder[1:])
-    assert [cell.context.logits[0].out_channels for cell in model.decoder[2:]] == [128] * 4  # local hidden width
     with torch.no_grad():
         feats = model.features(torch.rand(1, 3, 64, 64))
         out = model(torch.rand(1, 3, 64, 64))
@@ -77,19 +119,19 @@ def test_paper_size_model(global_cells: bool) -> None:
         (128, 32, 32),
         (64, 64, 64),
     ]
-    _check_output(out, 1, 64)
+    _check_output(out, 1, 64, "full")
 
 
 def test_local_hidden_width_is_a_number() -> None:
     model = PiCANet(32, width_mult=TINY, local_hidden=256)
-    assert [cell.context.logits[0].out_channels for cell in model.decoder[2:]] == [16] * 4  # 256 * TINY
+    assert [cell.context.logits[0].out_channels for cell in model.decoder[:3]] == [16] * 3  # 256 * TINY
     assert model.hparams["local_hidden"] == 256
 
 
-@pytest.mark.parametrize("global_cells", [False, True])
-def test_every_parameter_gets_a_gradient(global_cells: bool) -> None:
+@pytest.mark.parametrize("decoder", ["authors", "full"])
+def test_every_parameter_gets_a_gradient(decoder: str) -> None:
     torch.manual_seed(0)
-    model = PiCANet(64, global_cells=global_cells, width_mult=TINY).train()
+    model = PiCANet(64, decoder=decoder, width_mult=TINY).train()
     x = torch.rand(2, 3, 64, 64)
     target = (torch.rand(2, 1, 64, 64) > 0.7).float()
     deep_supervision_loss(model(x).sides, target).backward()
@@ -200,7 +242,27 @@ def test_deep_supervision_loss_against_numpy() -> None:
         deep_supervision_loss(torch_sides, torch.from_numpy(target), (1.0,) * 6)
 
 
-def test_loss_falls_on_blob_targets() -> None:
+@pytest.mark.parametrize("decoder", ["authors", "full"])
+def test_deep_supervision_loss_of_each_decoder(decoder: str) -> None:
+    """The default weights give the authors' loss ratios (0.5, 0.8, 0.8, 1) over their four side outputs and
+    PiCANet's (0.5, 0.5, 0.5, 0.8, 0.8, 1) over the full decoder's six: checked against numpy BCE per side."""
+    torch.manual_seed(0)
+    model = PiCANet(32, decoder=decoder, width_mult=TINY).eval()
+    target = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        sides = model(torch.rand(2, 3, 32, 32)).sides
+        loss = deep_supervision_loss(sides, target).item()
+    weights = {"authors": (0.5, 0.8, 0.8, 1.0), "full": (0.5, 0.5, 0.5, 0.8, 0.8, 1.0)}[decoder]
+    expected = 0.0
+    for side, w in zip(sides, weights, strict=True):
+        t = _numpy_area_down(target[:, 0].numpy().astype(np.float64), side.shape[-1])
+        p = side[:, 0].double().numpy()
+        expected += w * np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["authors", "full"])
+def test_loss_falls_on_blob_targets(decoder: str) -> None:
     """30 Adam steps on 4 fixed 64x64 images whose target is a bright blob: the loss must fall well below
     that of the best constant prediction (the blob's area fraction), i.e. the net localises the blobs."""
     torch.manual_seed(0)
@@ -212,10 +274,10 @@ def test_loss_falls_on_blob_targets() -> None:
         images.append(img.clamp(0, 1))
         targets.append(blob[None])
     x, target = torch.stack(images), torch.stack(targets)
-    prior = [torch.full((4, 1, s, s), target.mean().item()) for s in (8, 8, 8, 16, 32, 64)]
+    prior = [torch.full((4, 1, 64 // d, 64 // d), target.mean().item()) for d in STRIDES[decoder]]
     constant_loss = deep_supervision_loss(prior, target).item()
 
-    model = PiCANet(64, width_mult=1 / 8).train()
+    model = PiCANet(64, decoder=decoder, width_mult=1 / 8).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
@@ -238,40 +300,101 @@ def test_local_weights_file(tmp_path) -> None:
     state["classifier.0.weight"] = torch.zeros(2, 2)  # ignored
     path = tmp_path / "vgg16.pth"
     torch.save(state, path)
-    model = PiCANet(64, width_mult=TINY, weights_path=path)
+    model = PiCANet(64, width_mult=TINY, backbone_weights=path)
     for k, v in model.encoder.state_dict().items():
         torch.testing.assert_close(v, state[f"features.{k}"])
 
     bare = tmp_path / "features.pth"
     torch.save({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}, bare)
-    model = PiCANet(64, width_mult=TINY, weights_path=bare)
+    model = PiCANet(64, width_mult=TINY, backbone_weights=bare)
     torch.testing.assert_close(model.encoder[0].weight, state["features.0.weight"])
 
     with pytest.raises(ValueError, match="does not match"):
-        PiCANet(64, width_mult=TINY / 2, weights_path=path)  # other widths
+        PiCANet(64, width_mult=TINY / 2, backbone_weights=path)  # other widths
     pickled = tmp_path / "object.pth"
     torch.save({"x": np.arange(3)}, pickled)  # needs full unpickling: refused by weights_only
     with pytest.raises(ValueError, match="object.pth"):
-        PiCANet(64, width_mult=TINY, weights_path=pickled)
+        PiCANet(64, width_mult=TINY, backbone_weights=pickled)
 
 
-def test_torchvision_vgg16_state_dict_loads(tmp_path) -> None:
-    """torchvision's own VGG-16 ``features`` (randomly initialised here: nothing is downloaded) has exactly the
-    encoder's keys and shapes, so pretrained ImageNet weights from a local file fit the stride-8 encoder."""
+VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision's indices of VGG-16's 13 convs
+
+
+def _random_torchvision_vgg16_state() -> dict[str, torch.Tensor]:
+    """A randomly initialised torchvision VGG-16 state dict (``features.*`` and ``classifier.*`` keys), with the
+    102M-parameter classifier shrunk: the encoder ignores it, and the test stays light."""
     import torchvision
 
     torch.manual_seed(1)
-    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-    path = tmp_path / "vgg16_features.pth"
-    torch.save(features.state_dict(), path)
-    model = PiCANet(32, weights_path=path)
-    for k, v in features.state_dict().items():
-        torch.testing.assert_close(model.encoder.state_dict()[k], v)
+    with torch.device("meta"):
+        layout = torchvision.models.vgg16().state_dict()  # key names only: nothing allocated, nothing downloaded
+    state = {f"features.{k}": v for k, v in _torchvision_vgg16_features().state_dict().items()}
+    state.update({k: torch.zeros(2) for k in layout if k.startswith("classifier.")})
+    assert set(state) == set(layout)
+    return state
+
+
+@pytest.mark.parametrize("decoder", ["authors", "full"])
+def test_backbone_weights_from_a_torchvision_vgg16_file(tmp_path, decoder: str) -> None:
+    """A torchvision VGG-16 state dict saved to a file and given as ``backbone_weights``: every VGG conv the
+    encoder builds (10 up to conv4_3 for the authors' decoder, all 13 for the full one) holds that layer's tensors,
+    and the encoder's convs keep their stride-8 dilations."""
+    state = _random_torchvision_vgg16_state()
+    path = tmp_path / "vgg16.pth"
+    torch.save(state, path)
+    model = PiCANet(32, decoder=decoder, backbone_weights=str(path))
+    built = [i for i in VGG16_CONVS if i < len(model.encoder)]
+    assert len(built) == {"authors": 10, "full": 13}[decoder]
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.encoder) == len(built)
+    for i in built:
+        conv = model.encoder[i]
+        torch.testing.assert_close(conv.weight, state[f"features.{i}.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(conv.bias, state[f"features.{i}.bias"], rtol=0, atol=0)
+    assert model.encoder[24 if decoder == "full" else 21].dilation == ((2, 2) if decoder == "full" else (1, 1))
+    with pytest.raises(ValueError, match="no such VGG-16 weights file"):
+        PiCANet(32, width_mult=TINY, backbone_weights=str(tmp_path / "missing.pth"))
+
+
+def _offline_hub(monkeypatch, hub_dir) -> list[str]:
+    """Point the torch hub cache at ``hub_dir`` and make every download fail; returns the URLs asked for."""
+    import urllib.error
+
+    asked: list[str] = []
+
+    def no_network(url: str, *args, **kwargs) -> None:
+        asked.append(url)
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub_dir))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return asked
+
+
+def test_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    """Offline with an empty cache: the error names the file to place and the torch hub checkpoints dir."""
+    asked = _offline_hub(monkeypatch, tmp_path / "hub")
+    with pytest.raises(ValueError) as err:
+        PiCANet(32, width_mult=TINY, backbone_weights="imagenet")
+    msg = str(err.value)
+    assert "vgg16-397923af.pth" in msg and str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in msg
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in msg
+    assert asked == ["https://download.pytorch.org/models/vgg16-397923af.pth"]  # one try, through torchvision
+
+
+def test_imagenet_weights_come_from_the_hub_cache(tmp_path, monkeypatch) -> None:
+    """With the file in the torch hub cache, 'imagenet' loads it through torchvision without any download."""
+    asked = _offline_hub(monkeypatch, tmp_path / "hub")
+    state = _random_torchvision_vgg16_state()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth")
+    model = PiCANet(32, backbone_weights="imagenet")
+    assert asked == []
+    torch.testing.assert_close(model.encoder[21].weight, state["features.21.weight"], rtol=0, atol=0)
 
 
 def test_weights_file_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
-    model = PiCANet(32, width_mult=TINY, global_cells=True, local_hidden=64, dropout=0.1).eval()
+    model = PiCANet(32, decoder="full", width_mult=TINY, local_hidden=64, dropout=0.1).eval()
     path = save_picanet(model, tmp_path / "picanet.pt")
     blob = torch.load(path, weights_only=True)
     assert blob["format"] == "visarl-picanet" and blob["hparams"] == model.hparams

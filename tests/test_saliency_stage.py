@@ -121,15 +121,16 @@ def test_training_loss_falls_and_heldout_error_drops(wide_annotations) -> None:
     import lightning.pytorch as pl
 
     from visarl.saliency.module import SaliencyModule
-    from visarl.saliency.picanet import deep_supervision_loss
+    from visarl.saliency.picanet import deep_supervision_loss, side_strides
 
     pl.seed_everything(0, verbose=False)
     dm = SaliencyDataModule(wide_annotations, batch_size=8, seed=0)
     dm.setup()
     maps = dm.train_set.maps  # [16, 1, 64, 64]
-    constant = [torch.full((len(maps), 1, s, s), maps.mean().item()) for s in (8, 8, 8, 16, 32, 64)]
+    net = PiCANet(64, width_mult=1 / 16)  # the authors' decoder: sides at strides 8, 4, 2, 1
+    constant = [torch.full((len(maps), 1, 64 // d, 64 // d), maps.mean().item()) for d in side_strides("authors")]
     constant_loss = deep_supervision_loss(constant, maps).item()
-    module = SaliencyModule(PiCANet(64, width_mult=1 / 16, fc6_dilation=3), lr=3e-3)
+    module = SaliencyModule(net, lr=3e-3)
     losses: list[float] = []
 
     class Record(pl.Callback):
@@ -197,7 +198,7 @@ def test_stage_end_to_end(annotations, tmp_path) -> None:
 
     # Metrics and images in TensorBoard; the summary's numbers are held-out metrics in range.
     scalars, images = _scalars(run_dir)
-    for tag in ("train/loss", "train/lr", "val/f_max", "val/f_adaptive", "val/mae", "val/loss"):
+    for tag in ("train/loss", "train/lr", "val/f_max", "val/f_adaptive", "val/mae", "val/mae_soft", "val/loss"):
         assert tag in scalars and np.isfinite(scalars[tag]).all(), tag
     assert len(scalars["train/loss"]) == 4  # one per epoch
     assert "val/examples" in images
@@ -220,7 +221,7 @@ def test_resume_continues_from_last_checkpoint(annotations, tmp_path) -> None:
     assert len(scalars["train/loss"]) == 4  # epochs 0-1, then 2-3: no epoch repeated
 
 
-def test_bad_inputs_get_clear_errors(tmp_path) -> None:
+def test_bad_inputs_get_clear_errors(annotations, tmp_path) -> None:
     base = [f"output_dir={tmp_path}/runs", "export_path=none"]
     with pytest.raises(ConfigError, match=r"missing\.h5"):
         run(TINY, [*base, "run=a", f"annotations={tmp_path}/missing.h5"])
@@ -232,3 +233,11 @@ def test_bad_inputs_get_clear_errors(tmp_path) -> None:
         run(TINY, [*base, "run=c", "input_size=60"])
     with pytest.raises(ConfigError, match="epochs"):
         run(TINY, [*base, "run=d", "trainer.max_epochs=3"])
+    with pytest.raises(ConfigError, match=r"backbone_weights: ImageNet VGG-16 weights fit width_mult 1 only"):
+        run(TINY, [*base, "run=e", "backbone_weights=imagenet"])
+    with pytest.raises(ConfigError, match="decoder"):
+        run(TINY, [*base, "run=f", "decoder=global"])
+    with pytest.raises(ConfigError, match="authors decoder has 4 side outputs"):
+        run(TINY, [*base, "run=g", "side_weights=[1,1,1,1,1]"])
+    with pytest.raises(ConfigError, match=r"backbone_weights: .*nothing\.pth"):
+        run(TINY, [*base, "run=h", f"annotations={annotations}", f"backbone_weights={tmp_path}/nothing.pth"])

@@ -8,8 +8,10 @@ to the net's input size. Frames are resized up to the net's input size; for the 
 resized back down to frame resolution and compared with the map there.
 
 Logged: ``train/loss``, ``train/lr``; on held-out frames ``val/loss``, ``val/f_adaptive``, ``val/f_max`` (the
-F-measure with beta^2 = 0.3, adaptive threshold and max over 256 thresholds) and ``val/mae``; and an image grid
-per validation (rows: frame, target, prediction, overlay) to TensorBoard as ``val/examples``.
+F-measure with beta^2 = 0.3, adaptive threshold and max of the mean F curve over 256 levels) and ``val/mae``, all
+as PySODMetrics defines them (:mod:`visarl.saliency.metrics`: against the target binarised at 128/255), plus
+``val/mae_soft`` (against the soft target map); and an image grid per validation (rows: frame, target, prediction,
+overlay) to TensorBoard as ``val/examples``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from visarl.saliency.metrics import FMeasure, MeanAbsoluteError
+from visarl.saliency.metrics import GT_THRESHOLD, FMeasure, MeanAbsoluteError
 from visarl.saliency.picanet import PiCANet, deep_supervision_loss, to_frame_size, to_net_input
 
 
@@ -49,7 +51,8 @@ class SaliencyModule(pl.LightningModule):
         # The net's own numbers travel in the checkpoint, so it can be rebuilt without the config.
         self.hparams["net_hparams"] = dict(net.hparams)
         self.f_measure = FMeasure()
-        self.mae = MeanAbsoluteError()
+        self.mae = MeanAbsoluteError(target_threshold=GT_THRESHOLD)  # PySODMetrics' MAE: binarised target
+        self.mae_soft = MeanAbsoluteError()
         self._examples: dict[str, Tensor] | None = None
 
     def forward(self, rgb: Tensor) -> Tensor:
@@ -89,6 +92,7 @@ class SaliencyModule(pl.LightningModule):
         pred = to_frame_size(final, rgb.shape[-2], rgb.shape[-1]).float()  # [B, 1, H, W] at frame resolution
         self.f_measure.update(pred, target)
         self.mae.update(pred, target)
+        self.mae_soft.update(pred, target)
         self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(rgb))
         if batch_idx == 0:
             n = self.hparams.num_images
@@ -96,9 +100,16 @@ class SaliencyModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         f = self.f_measure.compute()
-        self.log_dict({"val/f_adaptive": f["adaptive"], "val/f_max": f["max"], "val/mae": self.mae.compute()})
-        self.f_measure.reset()
-        self.mae.reset()
+        self.log_dict(
+            {
+                "val/f_adaptive": f["adaptive"],
+                "val/f_max": f["max"],
+                "val/mae": self.mae.compute(),
+                "val/mae_soft": self.mae_soft.compute(),
+            }
+        )
+        for metric in (self.f_measure, self.mae, self.mae_soft):
+            metric.reset()
         if self._examples is not None and not self.trainer.sanity_checking:
             self._log_examples(**self._examples)
         self._examples = None

@@ -3,34 +3,40 @@
 Liu, Han and Yang, "PiCANet: Learning Pixel-wise Contextual Attention for Saliency Detection", CVPR 2018
 (https://arxiv.org/abs/1708.06433), VGG-16 version, as used by ViSaRL (Appendix E and G of the paper).
 
-Encoder (the authors' Caffe model ``VGG_8s_75G432LP``): VGG-16 kept at stride 8 for its deep layers. pool4 and
-pool5 are 3x3 max pools with stride 1 (padding 1), conv5_1..5_3 are dilated by 2, and fc6/fc7 become convs:
+Encoder (the Caffe model ``VGG_8s_75G432LP`` of Liu et al.): VGG-16 kept at stride 8 for its deep layers. pool4
+and pool5 are 3x3 max pools with stride 1 (padding 1), conv5_1..5_3 are dilated by 2, and fc6/fc7 become convs:
 fc6 3x3 with 1024 channels and dilation 12 (then dropout 0.5), fc7 1x1 with 1024 channels. The VGG part keeps
-torchvision's module indices, so a local torchvision VGG-16 state dict loads into it; fc6/fc7 start random.
+torchvision's module indices, so torchvision's VGG-16 state dict loads into it; fc6/fc7 start random.
 
-Decoder: six cells, coarse to fine. Each cell takes an encoder feature ``En`` (BN + ReLU), fuses it with the
-2x upsampled output of the previous cell by a 1x1 conv into ``F`` (the first cell has no previous output:
-``F`` is ``En`` itself, as in the authors' model), attends over context with a PiCANet module, concatenates
-``F`` and its attended context, and a 1x1 conv + BN + ReLU gives the cell's output ``Dec``; a 1x1 conv and a
-sigmoid give its side output, trained by deep supervision. For a 224 input:
+Decoder: coarse to fine, one cell per encoder feature. Each cell takes an encoder feature ``En`` (BN + ReLU),
+fuses it with the 2x upsampled output of the previous cell by a 1x1 conv into ``F`` (the first cell has no
+previous output: ``F`` is ``En`` itself), attends over context with a PiCANet module, concatenates ``F`` and its
+attended context, and a 1x1 conv + BN + ReLU gives the cell's output ``Dec``; a 1x1 conv and a sigmoid give its
+side output, trained by deep supervision. The finest cell (224 px) has no attention and no ``Dec``: its side
+output is a 1x1 conv of ``F`` (the "7,5 G; 4,3,2 L" of Liu et al.'s model name: nothing at conv1). Two decoders:
 
-====  =======  ==========  ===============  ============  =======================================================
-cell  map px   En          En / F channels  Dec channels  context
-====  =======  ==========  ===============  ============  =======================================================
-0     28       fc7         1024             512           global (ReNet, 10x10 positions, dilation 3), or none
-1     28       conv5_3     512              512           global (same), or none
-2     28       conv4_3     512              256           local, 7x7 window, dilation 2
-3     56       conv3_3     256              128           local, 7x7 window, dilation 2
-4     112      conv2_2     128              64            local, 7x7 window, dilation 2
-5     224      conv1_2     64               64            local, 7x7 window, dilation 2
-====  =======  ==========  ===============  ============  =======================================================
+``decoder="authors"`` (default): the ViSaRL authors' lighter decoder (aliang8/visarl, ``picanet_cfg[2]`` in
+``visarl/train_picanet.py``, used by their README's training command and by ``add_saliency_to_dataset.py``): cells
+from conv4_3 onward, local attention at 28, 56 and 112 px, none at 224, no conv5 / fc6 / fc7 and no global cells
+(ViSaRL Appendix E: removing the global cells took inference from 0.1 s to 0.01 s a frame with "little
+degradation"). The encoder stops at conv4_3, since nothing reads the deeper layers.
 
-ViSaRL removes the global cells (0.1 s -> 0.01 s a frame, "little degradation"); ``global_cells=False`` (the
-default) does the same by deleting the attention branch of cells 0 and 1: their ``Dec`` is BN + ReLU of a 1x1
-conv of ``F`` alone (``F -> Dec`` instead of ``[F, context] -> Dec``), everything else unchanged. No spatial
-conv stands in for the removed context: fc6's dilated 3x3 already sees the whole 224 image from every pixel.
-The local cells follow the ViSaRL authors' numbers (28, 56, 112, 224 px; 512, 256, 128, 64 channels); the
-original PiCANet had no attention in its finest cell. Sizes scale with ``input_size`` (a multiple of 8).
+``decoder="full"``: the full PiCANet of Liu et al.: global attention on fc7 and conv5_3, local on conv4_3,
+conv3_3 and conv2_2, none at conv1_2. For a 224 input:
+
+====  =======  ==========  ===============  ============  ============================================  ========
+cell  map px   En          En / F channels  Dec channels  context                                       decoder
+====  =======  ==========  ===============  ============  ============================================  ========
+-     28       fc7         1024             512           global (ReNet, 10x10 positions, dilation 3)   full
+-     28       conv5_3     512              512           global (same)                                 full
+0     28       conv4_3     512              256           local, 7x7 window, dilation 2                 both
+1     56       conv3_3     256              128           local, 7x7 window, dilation 2                 both
+2     112      conv2_2     128              64            local, 7x7 window, dilation 2                 both
+3     224      conv1_2     64               (side only)   none                                          both
+====  =======  ==========  ===============  ============  ============================================  ========
+
+In the authors' decoder the conv4_3 cell is the first (no fused previous output). Sizes scale with
+``input_size`` (a multiple of 8).
 """
 
 from __future__ import annotations
@@ -49,11 +55,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FORMAT = "visarl-picanet"
 """``format`` entry of the plain weights file written by :func:`save_picanet`."""
 
+DECODERS = ("authors", "full")
+"""Decoder variants: the ViSaRL authors' lighter decoder and the full PiCANet of Liu et al. (module docstring)."""
+
 # Slices of the encoder's VGG part ending at each skip feature: conv1_2, conv2_2, conv3_3, conv4_3 and conv5_3
 # (after their ReLU) and pool5. Strides 1, 2, 4, 8, 8, 8.
 _VGG_STAGES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30), (30, 31))
 # VGG-16 "D": channels per conv, "M" a 2x2 stride-2 pool, "m" a 3x3 stride-1 pool (pool4, pool5 kept at stride 8).
 _VGG_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "m", 512, 512, 512, "m")
+# Per decoder: how many of the VGG stages the encoder builds, and each cell's context, coarse to fine
+# ("G" global, "L" local, "-" none: the finest cell, whose side output is read straight off F).
+_DECODER_LAYOUT = {"authors": (4, "LLL-"), "full": (6, "GGLLL-")}
 
 
 class PiCANetOutput(NamedTuple):
@@ -62,18 +74,28 @@ class PiCANetOutput(NamedTuple):
     final: Tensor
     """The finest side output, ``[B, 1, H, W]`` in [0, 1]: the predicted saliency map."""
     sides: tuple[Tensor, ...]
-    """Every cell's side output, coarse to fine: three ``[B, 1, H/8, W/8]``, then ``H/4``, ``H/2``, ``H``."""
+    """Every cell's side output, coarse to fine: ``[B, 1, H/8, W/8]`` (one for the authors' decoder, three for the
+    full one), then ``H/4``, ``H/2``, ``H``."""
+
+
+def side_strides(decoder: str) -> tuple[int, ...]:
+    """Stride of each side output relative to the input, coarse to fine: (8, 4, 2, 1) or (8, 8, 8, 4, 2, 1)."""
+    if decoder not in _DECODER_LAYOUT:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    stages = _DECODER_LAYOUT[decoder][0]
+    return tuple(min(8, 2**i) for i in range(stages))[::-1]
 
 
 def _scaled(channels: int, width_mult: float) -> int:
     return max(1, round(channels * width_mult))
 
 
-def dilated_vgg16(width_mult: float = 1.0) -> nn.Sequential:
+def dilated_vgg16(width_mult: float = 1.0, depth: int | None = None) -> nn.Sequential:
     """VGG-16 conv layers at stride 8 (pool4/pool5 stride 1, conv5 dilated by 2), torchvision's module indices.
 
     Module ``i`` here is module ``i`` of ``torchvision.models.vgg16().features``, so their state dicts match
-    (pools have no parameters); torchvision's init (Kaiming normal, fan out, zero bias).
+    (pools have no parameters); torchvision's init (Kaiming normal, fan out, zero bias). ``depth`` keeps only the
+    first modules (23: up to conv4_3 and its ReLU; None: all 31, up to pool5).
     """
     layers: list[nn.Module] = []
     in_ch, dilation = 3, 1
@@ -87,7 +109,7 @@ def dilated_vgg16(width_mult: float = 1.0) -> nn.Sequential:
             out_ch = _scaled(int(v), width_mult)
             layers += [nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
             in_ch = out_ch
-    net = nn.Sequential(*layers)
+    net = nn.Sequential(*layers[:depth])
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -233,20 +255,32 @@ class GlobalPiCANet(nn.Module):
 class DecoderCell(nn.Module):
     """One PiCANet decoder cell (PiCANet paper, Fig. 2; layout in the module docstring).
 
-    ``context=None`` makes a plain cell: ``Dec = ReLU(BN(conv1x1(F)))`` (the attention branch deleted).
     ``first=True`` makes the coarsest cell, which has no previous decoder output to fuse: ``F = ReLU(BN(En))``.
+    ``out_channels=None`` makes the finest cell: no attention and no ``Dec``; its side output is a 1x1 conv of
+    ``F`` (the authors' and Liu et al.'s last cell), and it returns ``F`` as its output. ``context=None`` with
+    ``out_channels`` set makes a plain cell: ``Dec = ReLU(BN(conv1x1(F)))``.
     """
 
     def __init__(
-        self, channels: int, out_channels: int, context: nn.Module | None, first: bool = False, prior: float = 0.5
+        self,
+        channels: int,
+        out_channels: int | None,
+        context: nn.Module | None,
+        first: bool = False,
+        prior: float = 0.5,
     ) -> None:
         super().__init__()
+        if out_channels is None and context is not None:
+            raise ValueError("the finest cell (out_channels=None) has no attention: context must be None")
         self.bn_en = nn.BatchNorm2d(channels)
         self.fuse = None if first else nn.Conv2d(2 * channels, channels, 1)
         self.context = context
-        self.out = nn.Conv2d((1 if context is None else 2) * channels, out_channels, 1)
-        self.bn_out = nn.BatchNorm2d(out_channels)
-        self.side = nn.Conv2d(out_channels, 1, 1)
+        self.out: nn.Conv2d | None = None
+        self.bn_out: nn.BatchNorm2d | None = None
+        if out_channels is not None:
+            self.out = nn.Conv2d((1 if context is None else 2) * channels, out_channels, 1)
+            self.bn_out = nn.BatchNorm2d(out_channels)
+        self.side = nn.Conv2d(channels if out_channels is None else out_channels, 1, 1)
         nn.init.constant_(self.side.bias, math.log(prior / (1 - prior)))
 
     def forward(self, en: Tensor, dec: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -259,6 +293,8 @@ class DecoderCell(nn.Module):
             if dec.shape[-2:] != en.shape[-2:]:
                 dec = F.interpolate(dec, size=en.shape[-2:], mode="bilinear", align_corners=False)
             f = F.relu(self.fuse(torch.cat([f, dec], dim=1)))  # [B, C, H, W]
+        if self.out is None:
+            return f, torch.sigmoid(self.side(f))
         if self.context is not None:
             f = torch.cat([f, self.context(f)], dim=1)  # [B, 2C, H, W]
         out = F.relu(self.bn_out(self.out(f)))
@@ -272,27 +308,32 @@ class PiCANet(nn.Module):
 
     Args:
         input_size: side ``S`` of the square input, a multiple of 8 (paper: 224); fixes the global cells' maps.
-        global_cells: attention in cells 0 and 1 (original PiCANet); False (plain cells) as in ViSaRL.
+        decoder: ``"authors"`` (the ViSaRL authors' lighter decoder: conv4_3 onward, local cells at S/8, S/4,
+            S/2, no global cells, no conv5/fc6/fc7) or ``"full"`` (the full PiCANet of Liu et al.: global cells on
+            fc7 and conv5_3, then the same local cells); see the module docstring.
         width_mult: scales every channel count (encoder, decoder, attention hidden widths); 1.0 is the paper's
             network, small values give a fast test-size model.
         local_kernel, local_dilation: the local attention window (7x7, dilation 2 as in PiCANet).
         local_hidden: channels of the local attention's 7x7 logit conv (PiCANet: 128), before ``width_mult``.
-        global_dilation: sampling stride of the global context (PiCANet: 3, i.e. 10x10 positions of 28x28).
-        global_hidden: ReNet LSTM width of the global cells (PiCANet: 256), before ``width_mult``.
+        global_dilation: sampling stride of the global context (PiCANet: 3, i.e. 10x10 positions of 28x28);
+            ``full`` only.
+        global_hidden: ReNet LSTM width of the global cells (PiCANet: 256), before ``width_mult``; ``full`` only.
         fc6_dilation: dilation of the fc6 conv (PiCANet: 12 on 28x28 maps; on maps smaller than 13 px only its
-            centre tap sees the map, so small inputs may want a smaller value).
-        dropout: dropout after fc6 (PiCANet: 0.5).
+            centre tap sees the map, so small inputs may want a smaller value); ``full`` only.
+        dropout: dropout after fc6 (PiCANet: 0.5); ``full`` only.
         side_prior: initial output of every side output (the bias of its 1x1 conv is the prior's log-odds, as
             RetinaNet initialises its classifier): salient pixels are a few percent of a frame, and starting the
             sides at 0.5 (PiCANet's zero bias) spends the first epochs of a 24-frame training learning that.
-        weights_path: a local VGG-16 state dict (torchvision's full model or its ``features``) loaded into the
-            VGG part of the encoder with ``torch.load(weights_only=True)``; nothing is ever downloaded.
+        backbone_weights: initialisation of the encoder's VGG part (:func:`resolve_backbone_state`):
+            ``"imagenet"`` (torchvision's ImageNet VGG-16, from the torch hub cache, downloaded there once), a path
+            to a local torchvision VGG-16 state dict, or None / ``""`` for random init (fc6/fc7 always start
+            random). ImageNet weights fit ``width_mult=1`` only.
     """
 
     def __init__(
         self,
         input_size: int = 224,
-        global_cells: bool = False,
+        decoder: str = "authors",
         width_mult: float = 1.0,
         local_kernel: int = 7,
         local_dilation: int = 2,
@@ -302,18 +343,20 @@ class PiCANet(nn.Module):
         fc6_dilation: int = 12,
         dropout: float = 0.5,
         side_prior: float = 0.05,
-        weights_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
         if input_size < 8 or input_size % 8 != 0:
             raise ValueError(f"input_size must be a positive multiple of 8, got {input_size}")
+        if decoder not in _DECODER_LAYOUT:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if width_mult <= 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
         if not 0 < side_prior < 1:
             raise ValueError(f"side_prior must be in (0, 1), got {side_prior}")
         self.hparams: dict[str, Any] = {
             "input_size": input_size,
-            "global_cells": global_cells,
+            "decoder": decoder,
             "width_mult": width_mult,
             "local_kernel": local_kernel,
             "local_dilation": local_dilation,
@@ -324,64 +367,71 @@ class PiCANet(nn.Module):
             "dropout": dropout,
             "side_prior": side_prior,
         }
-        """The constructor's numbers (all but ``weights_path``): ``PiCANet(**hparams)`` rebuilds the network."""
+        """The constructor's numbers (all but ``backbone_weights``): ``PiCANet(**hparams)`` rebuilds the network."""
         self.input_size = input_size
-        self.global_cells = global_cells
+        self.decoder_name = decoder
+        stages, contexts = _DECODER_LAYOUT[decoder]
+        self._stages = _VGG_STAGES[:stages]
 
-        self.encoder = dilated_vgg16(width_mult)
-        c5, c6 = _scaled(512, width_mult), _scaled(1024, width_mult)
-        self.fc = nn.Sequential(
-            nn.Conv2d(c5, c6, 3, padding=fc6_dilation, dilation=fc6_dilation),  # fc6
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Conv2d(c6, c6, 1),  # fc7
-            nn.ReLU(inplace=True),
-        )
-        for m in self.fc.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-        if weights_path is not None:
-            self._load_encoder(Path(weights_path))
+        self.encoder = dilated_vgg16(width_mult, depth=self._stages[-1][1])
+        self.fc: nn.Sequential | None = None
+        if decoder == "full":
+            c5, c6 = _scaled(512, width_mult), _scaled(1024, width_mult)
+            self.fc = nn.Sequential(
+                nn.Conv2d(c5, c6, 3, padding=fc6_dilation, dilation=fc6_dilation),  # fc6
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Conv2d(c6, c6, 1),  # fc7
+                nn.ReLU(inplace=True),
+            )
+            for m in self.fc.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+        if backbone_weights:
+            self.load_backbone_state(*resolve_backbone_state(backbone_weights))
 
-        en_channels = [_scaled(c, width_mult) for c in (1024, 512, 512, 256, 128, 64)]  # coarse to fine
-        out_channels = en_channels[1:] + en_channels[-1:]
+        # Channels of the encoder features the cells read, coarse to fine; each cell's Dec has the next one's.
+        en_channels = [_scaled(c, width_mult) for c in (1024, 512, 512, 256, 128, 64)][-len(contexts) :]
+        out_channels: list[int | None] = [*en_channels[1:], None]
         coarse = input_size // 8
         cells = []
-        for level, (c, c_out) in enumerate(zip(en_channels, out_channels, strict=True)):
-            context: nn.Module | None
-            if level < 2:
-                hidden = _scaled(global_hidden, width_mult)
-                context = GlobalPiCANet(c, coarse, global_dilation, hidden) if global_cells else None
-            else:
+        for level, (kind, c, c_out) in enumerate(zip(contexts, en_channels, out_channels, strict=True)):
+            context: nn.Module | None = None
+            if kind == "G":
+                context = GlobalPiCANet(c, coarse, global_dilation, _scaled(global_hidden, width_mult))
+            elif kind == "L":
                 context = LocalPiCANet(c, local_kernel, local_dilation, _scaled(local_hidden, width_mult))
             cells.append(DecoderCell(c, c_out, context, first=level == 0, prior=side_prior))
         self.decoder = nn.ModuleList(cells)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def _load_encoder(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling refused, not a torch file, missing file
-            raise ValueError(f"{path}: not a loadable VGG-16 state dict ({e})") from e
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    def load_backbone_state(self, state: dict[str, Tensor], source: str = "state dict") -> None:
+        """Load a VGG-16 state dict (torchvision's full model, or its ``features``) into the encoder's VGG part.
+
+        Keys of layers this encoder does not build (conv5 in the authors' decoder, the classifier) are ignored;
+        every layer it builds must be there with its shape. ``ValueError`` naming ``source`` otherwise.
+        """
         if any(k.startswith("features.") for k in state):  # a full torchvision vgg16 state dict
             state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        depth = len(self.encoder)
+        kept = {k: v for k, v in state.items() if k.split(".", 1)[0].isdigit() and int(k.split(".", 1)[0]) < depth}
         try:
-            self.encoder.load_state_dict(state)
+            self.encoder.load_state_dict(kept)
         except RuntimeError as e:
-            raise ValueError(f"{path}: does not match the VGG-16 encoder: {e}") from e
+            raise ValueError(f"{source}: does not match the VGG-16 encoder: {e}") from e
 
     def features(self, x: Tensor) -> list[Tensor]:
-        """Encoder skip features, coarse to fine: fc7, conv5_3, conv4_3 (all ``S/8``), conv3_3, conv2_2, conv1_2."""
+        """Encoder skip features the decoder reads, coarse to fine: (fc7, conv5_3 for ``full``), conv4_3 (all
+        ``S/8``), conv3_3, conv2_2, conv1_2."""
         h = (x - self.mean) / self.std
         skips = []
-        for start, end in _VGG_STAGES:
+        for start, end in self._stages:
             h = self.encoder[start:end](h)
             skips.append(h)
-        skips[-1] = self.fc(skips[-1])  # pool5 -> fc7
+        if self.fc is not None:
+            skips[-1] = self.fc(skips[-1])  # pool5 -> fc7
         return skips[::-1]
 
     def forward(self, x: Tensor) -> PiCANetOutput:
@@ -394,6 +444,47 @@ class PiCANet(nn.Module):
             dec, side = cell(en, dec)
             sides.append(side)
         return PiCANetOutput(final=sides[-1], sides=tuple(sides))
+
+
+IMAGENET_WEIGHTS = "imagenet"
+"""``backbone_weights`` value naming torchvision's ``VGG16_Weights.IMAGENET1K_V1``."""
+
+
+def imagenet_vgg16_state() -> dict[str, Tensor]:
+    """torchvision's ImageNet VGG-16 state dict through its weights API (``VGG16_Weights.IMAGENET1K_V1``).
+
+    torchvision reads it from the torch hub cache (``<torch.hub.get_dir()>/checkpoints``) and downloads it there
+    the first time. Offline with nothing cached, ``ValueError`` names the file to place and the directory.
+    """
+    from torchvision.models import VGG16_Weights
+
+    weights = VGG16_Weights.IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True, map_location="cpu", weights_only=True)
+    except Exception as e:  # no network (URLError, OSError), a truncated cache file, ...
+        name = Path(weights.url).name
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ValueError(
+            f"ImageNet VGG-16 weights are not cached and could not be downloaded ({type(e).__name__}: {e}). "
+            f"Download {weights.url} elsewhere and place it as {cache / name} (the torch hub cache; TORCH_HOME "
+            "moves it), or set backbone_weights to a local torchvision VGG-16 state dict, or to '' for random init"
+        ) from e
+
+
+def resolve_backbone_state(spec: str | Path) -> tuple[dict[str, Tensor], str]:
+    """``"imagenet"`` or a path -> (VGG-16 state dict, a name for errors). Only ``"imagenet"`` may download."""
+    if str(spec) == IMAGENET_WEIGHTS:
+        return imagenet_vgg16_state(), "torchvision VGG16_Weights.IMAGENET1K_V1"
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such VGG-16 weights file (backbone_weights: 'imagenet', a file, or '')")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused, not a torch file
+        raise ValueError(f"{path}: not a loadable VGG-16 state dict ({e})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state, str(path)
 
 
 def to_net_input(rgb: Tensor, size: int) -> Tensor:
@@ -454,6 +545,12 @@ def load_picanet(path: str | Path, map_location: str | torch.device = "cpu") -> 
     if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
         what = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise ValueError(f"{path}: not a visarl PiCANet weights file (format {what!r}, expected {WEIGHTS_FORMAT!r})")
+    hparams = blob.get("hparams")
+    if isinstance(hparams, dict) and "global_cells" in hparams:
+        raise ValueError(
+            f"{path}: PiCANet weights from an older visarl (six decoder cells, `global_cells`), which no decoder "
+            "of this version matches; retrain with `stage: saliency`"
+        )
     try:
         model = PiCANet(**blob["hparams"])
         model.load_state_dict(blob["state_dict"])
@@ -472,8 +569,9 @@ def deep_supervision_loss(
 
     ``sides``: coarse-to-fine maps ``[B, 1, h, w]`` in [0, 1]; ``target``: ``[B, 1, H, W]`` or ``[B, H, W]``
     in [0, 1] (soft targets are fine). ``weights`` pair with the finest sides; when there are fewer weights than
-    sides, the coarser sides take ``weights[0]``, so the default gives (0.5, 0.5, 0.5, 0.8, 0.8, 1.0) for
-    PiCANet's six cells, the loss ratios of the public PiCANet implementation.
+    sides, the coarser sides take ``weights[0]``: the default is the ViSaRL authors' loss ratios for their four
+    cells, and gives (0.5, 0.5, 0.5, 0.8, 0.8, 1.0) for the full decoder's six, the public PiCANet
+    implementation's.
 
     ``kind="bce"`` (default) is PiCANet's per-pixel binary cross-entropy, which Table III says ViSaRL follows
     ("following [8]"); its "WeightedMSE" entry repeats Table II's MultiMAE loss, so we read "weighted" as these

@@ -33,6 +33,7 @@ from visarl.config import ConfigError, RunConfig, choice
 from visarl.launch import prepare_ddp_launch
 from visarl.registry import RunContext, register_stage
 from visarl.saliency.data import default_annotations, default_weights
+from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, side_strides
 
 
 @dataclass
@@ -48,18 +49,20 @@ class SaliencyConfig(RunConfig):
     """Where the best weights are copied for later stages; default data/<task>/picanet.pt; 'none' to skip."""
     input_size: int = 224
     """Side of the net's square input (paper: 224); frames are resized to it and predictions back."""
-    global_cells: bool = False
-    """Global-attention decoder cells (original PiCANet); off in ViSaRL."""
+    decoder: str = "authors"
+    """'authors' (ViSaRL authors' decoder: local cells at 28-112 px, none at 224, no global cells) or 'full'
+    (PiCANet of Liu et al.: adds global cells on fc7 and conv5)."""
     width_mult: float = 1.0
     """Channel multiplier of the whole net (1.0: the paper's widths; small values for tests)."""
     local_hidden: int = 128
     """Hidden channels of the local attention's 7x7 logit conv (PiCANet: 128)."""
     fc6_dilation: int = 12
-    """Dilation of fc6 (PiCANet: 12 for 28 px maps; scale it down with input_size, e.g. 3 at 64)."""
+    """Dilation of fc6, full decoder only (PiCANet: 12 for 28 px maps; scale it down with input_size, e.g. 3 at 64)."""
     dropout: float = 0.5
-    """Dropout after fc6 (PiCANet: 0.5)."""
-    vgg_weights: str = ""
-    """Optional local torchvision VGG-16 state dict for the encoder (never downloaded); '' = random init."""
+    """Dropout after fc6, full decoder only (PiCANet: 0.5)."""
+    backbone_weights: str = ""
+    """VGG-16 encoder init: 'imagenet' (torchvision's weights via the torch hub cache; width_mult 1 only), a local
+    torchvision VGG-16 state dict, or '' for random init (test-size nets). The paper configs use imagenet."""
     epochs: int = 1000
     """Training epochs (paper: 1000 on 30 frames)."""
     batch_size: int = 16
@@ -95,6 +98,7 @@ class SaliencyConfig(RunConfig):
 
     def __post_init__(self) -> None:
         choice("loss", self.loss, ["bce", "mse"])
+        choice("decoder", self.decoder, list(DECODERS))
         if self.input_size < 8 or self.input_size % 8:
             raise ConfigError(f"input_size: must be a positive multiple of 8, got {self.input_size}")
         for key in ("epochs", "batch_size", "val_every", "fc6_dilation", "local_hidden"):
@@ -108,8 +112,17 @@ class SaliencyConfig(RunConfig):
             )
         if not 0 <= self.color_jitter[3] <= 0.5:
             raise ConfigError(f"color_jitter: hue must be in [0, 0.5], got {self.color_jitter[3]}")
-        if not 1 <= len(self.side_weights) <= 6:
-            raise ConfigError(f"side_weights: 1 to 6 weights (PiCANet has 6 side outputs), got {self.side_weights}")
+        if self.backbone_weights == IMAGENET_WEIGHTS and self.width_mult != 1:
+            raise ConfigError(
+                f"backbone_weights: ImageNet VGG-16 weights fit width_mult 1 only, got width_mult={self.width_mult}; "
+                "set backbone_weights='' (random init, as the tiny and quickstart configs do) or width_mult=1"
+            )
+        n_sides = len(side_strides(self.decoder))
+        if not 1 <= len(self.side_weights) <= n_sides:
+            raise ConfigError(
+                f"side_weights: 1 to {n_sides} weights (the {self.decoder} decoder has {n_sides} side outputs), "
+                f"got {self.side_weights}"
+            )
         if self.trainer.max_epochs is not None and self.trainer.max_epochs != self.epochs:
             raise ConfigError("trainer.max_epochs: the saliency stage counts epochs with `epochs`; set that instead")
 
@@ -117,7 +130,7 @@ class SaliencyConfig(RunConfig):
         """The :class:`PiCANet` constructor's numbers from this config."""
         return {
             "input_size": self.input_size,
-            "global_cells": self.global_cells,
+            "decoder": self.decoder,
             "width_mult": self.width_mult,
             "local_hidden": self.local_hidden,
             "fc6_dilation": self.fc6_dilation,
@@ -157,7 +170,10 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"annotations: {e}") from e
 
-    net = PiCANet(**cfg.net_kwargs(), weights_path=cfg.vgg_weights or None)
+    try:
+        net = PiCANet(**cfg.net_kwargs(), backbone_weights=cfg.backbone_weights or None)
+    except ValueError as e:  # a missing or foreign weights file, or ImageNet weights offline with nothing cached
+        raise ConfigError(f"backbone_weights: {e}") from e
     module = SaliencyModule(
         net,
         lr=cfg.lr,
