@@ -381,3 +381,10 @@ def test_state_sac_learns_reach(tmp_path):
     curve = json.loads((tmp_path / "tiny" / "learn" / "eval.json").read_text())["curve"]
     assert curve[0]["success_rate"] < 0.2  # the untrained policy does not reach
     assert curve[-1]["success_rate"] >= 0.7 and curve[-1]["return"] > 3 * curve[0]["return"]
+
+
+def test_initial_update_burst_replaces_the_first_steps_updates(tmp_path):
+    """sac.initial_updates: the authors' burst when learning starts, counted once (7 + one per later step)."""
+    common = [f"output_dir={tmp_path}", "eval.every=0", "eval.final=false", "sac.initial_updates=7"]
+    summary = run(TINY, [*common, "run=b", "num_steps=30"])
+    assert summary["num_updates"] == 7 + (30 - 10) and summary["env_step"] == 30

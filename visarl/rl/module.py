@@ -58,6 +58,8 @@ class LoopSettings:
     actor_update_freq: int = 2
     target_update_freq: int = 2
     learning_starts: int = 1000
+    initial_updates: int = 0
+    """Updates made at once on the step that reaches ``learning_starts`` (replacing that step's usual ones)."""
     updates_per_step: float = 1.0
     replay_size: int = 0
     data_dir: str = "replay"
@@ -300,9 +302,14 @@ class SACLoop(pl.LightningModule):
         if self.env_step >= s.num_steps:
             self.trainer.should_stop = True
             return
+        before = self.env_step
         self._env_step()
         if self.env_step >= s.learning_starts:
-            self._update_debt += s.num_envs * s.updates_per_step
+            if before < s.learning_starts and s.initial_updates > 0:
+                # the burst: decided from the step count alone, so a resumed run never repeats it
+                self._update_debt += s.initial_updates
+            else:
+                self._update_debt += s.num_envs * s.updates_per_step
             optimizers = SACOptimizers(*self.optimizers())
             while self._update_debt >= 1.0:
                 self._update(optimizers)

@@ -70,6 +70,9 @@ class SACConfig:
     """Hidden layers of each head's MLP (Appendix F)."""
     learning_starts: int = 1000
     """Env steps of uniformly random actions before the first update (authors' setting)."""
+    initial_updates: int = 1000
+    """Updates made at once when ``learning_starts`` is reached, in place of that step's usual updates (the
+    authors' loop, from SAC-AE: ``num_updates = init_steps if step == init_steps else 1``); 0 makes none."""
     updates_per_step: float = 1.0
     """SAC updates per env step of each rank (SAC-AE: 1); fractional values accumulate."""
     replay_size: int = 0
@@ -81,6 +84,8 @@ class SACConfig:
                 raise ConfigError(f"sac.{key}: must be positive, got {getattr(self, key)}")
         if self.num_layers < 1 or self.learning_starts < 0 or self.replay_size < 0 or self.updates_per_step < 0:
             raise ConfigError("sac.num_layers must be >= 1; learning_starts, replay_size, updates_per_step >= 0")
+        if self.initial_updates < 0:
+            raise ConfigError(f"sac.initial_updates must be >= 0, got {self.initial_updates}")
         if not 0 < self.tau <= 1 or not 0 <= self.discount <= 1 or self.lr <= 0 or self.alpha_lr <= 0:
             raise ConfigError(f"sac: need 0 < tau <= 1, 0 <= discount <= 1 and positive lr (got {self})")
         if self.log_std_min >= self.log_std_max:
@@ -348,6 +353,7 @@ def fit_sac(
         actor_update_freq=s.actor_update_freq,
         target_update_freq=s.target_update_freq,
         learning_starts=s.learning_starts,
+        initial_updates=s.initial_updates,
         updates_per_step=s.updates_per_step,
         replay_size=s.replay_size,
         data_dir=str(data_dir),
