@@ -88,3 +88,23 @@ def test_method_names():
     assert method_of({"encoder": {"name": "mmae", "modalities": ["rgb", "saliency"]}}) == "MMAE RGB+Saliency"
     assert method_of({"encoder": {"name": "mmae", "modalities": ["rgb"]}}) == "MMAE RGB"
     assert method_of({"method": "custom", "encoder": {"name": "cnn"}}) == "custom"
+
+
+def test_publish_writes_json_table_and_figure_from_the_runs(fake_runs, tmp_path):
+    from visarl.report.publish import publish
+
+    root, finals = fake_runs
+    reach = tmp_path / "reach_only"
+    for run_dir in root.glob("reach-v3-*"):  # one task: methods map straight to per-seed finals
+        (reach / run_dir.name).parent.mkdir(exist_ok=True)
+        run_dir.rename(reach / run_dir.name)
+    out = tmp_path / "docs"
+    doc = publish(reach, out, "demo", "python -m visarl.fit --config X")
+    assert doc["task"] == "reach" and doc["env_steps"] == 3000
+    assert doc["methods"] == {"CNN RGB": finals["rgb"], "CNN RGBS": finals["rgbs"]}
+    assert doc["best"]["CNN RGB"] == pytest.approx(finals["rgb"])  # each curve peaks at its final value
+    assert json.loads((out / "demo.json").read_text())["methods"] == doc["methods"]
+    md = (out / "demo.md").read_text()
+    m, s = np.mean(finals["rgb"]), np.std(finals["rgb"], ddof=1)
+    assert f"| CNN RGB | {m:.2f} ± {s:.2f} |" in md and "python -m visarl.fit --config X" in md
+    assert doc["commit"] in md and (out / "demo.png").stat().st_size > 5000

@@ -1,0 +1,177 @@
+"""Publish an experiment's results into ``docs/results/``: a Table I, a Figure 3 PNG and a JSON, generated.
+
+Nothing in ``docs/results/<name>.*`` is typed by hand: this module reads the rl cells under a directory,
+names the commit of the checkout that ran them (refusing to guess when the checkout had local changes),
+and writes
+
+- ``<name>.json``: ``{"task", "env_steps", "methods": {method: [final success per seed]}, ...}``;
+- ``<name>.png``: success-rate curves, mean ± standard error over seeds, one panel per task;
+- ``<name>.md``: the table (final and best evaluation, mean ± sample std over seeds, per-seed values), the
+  figure, and the exact command and commit.
+
+Usage::
+
+    python -m visarl.report.publish --cells runs/cpu/r1/matrix/cells --name cpu \\
+        --command "python -m visarl.fit --config conf/experiment/cpu.yaml run=r1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from visarl.report.results import METHODS, RunResult, collect_results
+from visarl.report.tables import aggregate_curves, mean_std
+
+
+def checkout_commit(path: Path) -> str:
+    """The commit of the git checkout holding ``path``, with ``+local changes`` when its tracked files differ."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown (not in a git checkout)"
+    return commit + (" +local changes" if dirty else "")
+
+
+def _ordered(methods: set[str]) -> list[str]:
+    return [m for m in METHODS if m in methods] + sorted(methods - set(METHODS))
+
+
+def summarise(results: list[RunResult]) -> dict:
+    """Per (task, method): seeds, final and best success per seed, and the evaluation steps reached."""
+    by: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
+    for r in results:
+        by[(r.task, r.method)].append(r)
+    out: dict = {}
+    for (task, method), runs in sorted(by.items()):
+        runs = sorted(runs, key=lambda r: r.seed)
+        out.setdefault(task, {})[method] = {
+            "seeds": [r.seed for r in runs],
+            "final": [r.final_success for r in runs],
+            "best": [float(np.max(r.success)) if len(r.success) else None for r in runs],
+            "last_step": [int(r.steps[-1]) if len(r.steps) else 0 for r in runs],
+            "runs": [str(r.run_dir) for r in runs],
+        }
+    return out
+
+
+def _per_method(summary: dict, tasks: list[str], key: str) -> dict:
+    if len(tasks) == 1:
+        return {m: v[key] for m, v in summary[tasks[0]].items()}
+    return {t: {m: v[key] for m, v in summary[t].items()} for t in tasks}
+
+
+def _fmt(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    mean, std = mean_std(vals)
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def write_figure(results: list[RunResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r.task for r in results})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.4), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for col, task in enumerate(tasks):
+        ax = axes[0, col]
+        methods = _ordered({r.method for r in results if r.task == task})
+        for k, method in enumerate(methods):
+            runs = [r for r in results if r.task == task and r.method == method]
+            curve = aggregate_curves(runs)
+            if curve is None:
+                continue
+            steps, mean, sem = curve
+            ax.plot(steps, mean, color=colors(k), lw=1.8, marker="o", ms=3, label=f"{method} (n={len(runs)})")
+            ax.fill_between(steps, mean - sem, mean + sem, color=colors(k), alpha=0.2, lw=0)
+        ax.set_title(task, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("success rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Success rate (mean ± standard error over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = "") -> dict:
+    """Write ``<name>.json``, ``<name>.png`` and ``<name>.md`` under ``out_dir``; returns the JSON."""
+    results = [r for r in collect_results([cells]) if r.final_success is not None or len(r.steps)]
+    if not results:
+        raise SystemExit(f"publish: no rl run with an evaluation under {cells}")
+    summary = summarise(results)
+    tasks = sorted(summary)
+    commit = checkout_commit(cells)
+    finished = [r for r in results if r.final_success is not None]
+    env_steps = max((int(r.steps[-1]) for r in finished if len(r.steps)), default=0)
+    doc = {
+        "task": tasks[0] if len(tasks) == 1 else tasks,
+        "env_steps": env_steps,
+        # one task: {method: [final per seed]}; several: {task: {method: [...]}}
+        "methods": _per_method(summary, tasks, "final"),
+        "best": _per_method(summary, tasks, "best"),
+        "seeds": _per_method(summary, tasks, "seeds"),
+        "commit": commit,
+        "command": command,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_figure(results, out_dir / f"{name}.png")
+
+    lines = [f"# {title or name}", ""]
+    lines += [
+        "Generated by `visarl.report.publish` from the runs themselves; do not edit by hand.",
+        "",
+        f"- command: `{command}`",
+        f"- commit: `{commit}`",
+        f"- published with: `python -m visarl.report.publish --cells {cells} --name {name} --command \"...\"`",
+        "",
+    ]
+    for task in tasks:
+        lines += [
+            f"## Table I, {task} (success over the evaluation episodes; mean ± sample std over seeds)",
+            "",
+            "| Method | final | best during training | per seed (final) | env steps reached |",
+            "|---|---|---|---|---|",
+        ]
+        for method in _ordered(set(summary[task])):
+            v = summary[task][method]
+            per_seed = ", ".join("—" if f is None else f"{f:.2f}" for f in v["final"])
+            steps = "/".join(str(s) for s in v["last_step"])
+            lines.append(f"| {method} | {_fmt(v['final'])} | {_fmt(v['best'])} | {per_seed} | {steps} |")
+        lines.append("")
+    lines += ["## Figure 3 at this scale", "", f"![success curves]({name}.png)", ""]
+    (out_dir / f"{name}.md").write_text("\n".join(lines))
+    return doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=Path, required=True, help="directory searched for rl runs")
+    parser.add_argument("--name", required=True, help="file stem under --out (e.g. cpu)")
+    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--command", required=True, help="the exact command that produced the runs")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    doc = publish(args.cells, args.out, args.name, args.command, args.title)
+    print(json.dumps({k: doc[k] for k in ("task", "env_steps", "methods", "commit")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
