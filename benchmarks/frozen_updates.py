@@ -187,6 +187,7 @@ def loop_rate(ckpt: Path, picanet: Path, folder: Path, steps: int, reencode: boo
         f"saliency_ckpt={picanet}",
         f"num_steps={start + steps}",
         f"sac.learning_starts={start}",
+        "sac.initial_updates=0",  # time steady-state steps, not the one-off burst when learning starts
         "eval.every=0",
         "eval.final=false",
         f"log_every={steps // 3}",
