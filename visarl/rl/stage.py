@@ -144,7 +144,9 @@ class SACRunConfig(RunConfig):
     """Intra-op threads of torch during the run; 0 keeps torch's default. On a busy CPU, 1 thread is often faster
     for small networks (spinning OpenMP threads then compete with the env workers)."""
     saliency: str = "none"
-    """Where saliency maps for new frames come from: none, oracle (keypoints from the state), picanet."""
+    """Where saliency maps for new frames come from: none; picanet (the paper's method: the trained predictor, online);
+    oracle (PRIVILEGED: keypoints projected from the simulator state, for tests and ablations only). eval.json records
+    the source the policy read, and the report marks oracle runs with a dagger."""
     saliency_ckpt: str = ""
     """PiCANet checkpoint for ``saliency: picanet``."""
     saliency_sigma: float = 10.0
