@@ -108,7 +108,7 @@ class PaperCNNExtractor:
         class _Extractor(BaseFeaturesExtractor):
             def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 100) -> None:
                 super().__init__(observation_space, features_dim)
-                # SB3 has already scaled images to [0, 1]; the same CNN (channels-last, -0.5 shift) as visarl's
+                # SB3 scaled images to [0, 1]; the same CNN (channels-last, unpadded, not centred) as visarl's
                 self.cnn = PixelCNN("rgb", (IMG, IMG))
                 self.proj = trunk(self.cnn.out_dim, features_dim)
 
