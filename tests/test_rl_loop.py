@@ -59,9 +59,11 @@ def test_replay_transitions_never_cross_episodes(tmp_path, capacity):
         ended = rng.random(n) < 0.1  # episodes of random length, different per stream
         terminated = ended & (rng.random(n) < 0.5)
         truncated = ended & ~terminated
+        action = rng.uniform(-1, 1, (n, 4))
+        action[:, 0] = step / 1000  # tagged with the step of the frame it was chosen on
         step += 1
         replay.step(
-            rng.uniform(-1, 1, (n, 4)),
+            action,
             step.astype(float),
             terminated,
             truncated,
@@ -79,6 +81,8 @@ def test_replay_transitions_never_cross_episodes(tmp_path, capacity):
     assert np.array_equal(s[:, 0], s2[:, 0]) and np.array_equal(s[:, 1], s2[:, 1])  # same stream and episode
     np.testing.assert_array_equal(s2[:, 2], s[:, 2] + 1)  # the very next step
     np.testing.assert_array_equal(batch.reward.numpy(), s2[:, 2])  # the reward that came with that step
+    # each action is paired with the frame it was chosen on (the authors' sampler pairs frame t-1 with action t)
+    np.testing.assert_allclose(batch.action[:, 0].numpy(), s[:, 2] / 1000, atol=1e-6)
     assert batch.obs["rgb"].shape == (4096, 3, 8, 8) and batch.obs["rgb"].dtype == torch.uint8
     if capacity == 23:
         assert len(replay.buffer) <= 23 and s[:, 2].max() > 0
