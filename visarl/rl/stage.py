@@ -39,7 +39,7 @@ MOVING_CAMERAS = ("behindGripper", "gripperPOV")
 @dataclass
 class SACConfig:
     """SAC hyperparameters. The paper defers them to RAD [9] and SAC-AE [10]; the defaults are the ViSaRL
-    authors' settings as listed in issue 3 (Appendix F for the head sizes)."""
+    authors' settings (Appendix F for the head sizes). Each is traced in docs/fidelity.md."""
 
     batch_size: int = 128
     """Transitions per update (authors' setting; SAC-AE [10] uses 128 as well)."""
