@@ -85,7 +85,8 @@ def visarl_fn(ckpt: Path, stored: bool) -> Callable[[], None]:
         frozen = load_encoder(ckpt)
         shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
         encoder = make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim)
-        obs, spec = frames, {"rgb": ((3, IMG, IMG), np.dtype(np.uint8)), "saliency": ((1, IMG, IMG), np.dtype(np.uint8))}
+        u8 = np.dtype(np.uint8)
+        obs, spec = frames, {"rgb": ((3, IMG, IMG), u8), "saliency": ((1, IMG, IMG), u8)}
     agent = SACAgent(encoder, A)  # paper heads: 100-d trunk, 3 x 1024
     opts = make_optimizers(agent)
     buf = ReplayBuffer(ROWS + 1, spec, A)

@@ -5,7 +5,7 @@
 Two cases, as in issue 3:
 
 - state: 39-d Meta-World state, heads of 3x1024 hidden units, batch 256;
-- pixel: the paper's CNN (11 conv layers of 32 filters, 64x64x3 -> 32x12x12) with Linear(4608 -> 100) +
+- pixel: the paper's CNN (11 unpadded conv layers of 32 filters, 64x64x3 -> 32x11x11) with Linear(3872 -> 100) +
   LayerNorm + tanh and heads of 3x1024, batch 128. SB3 gets the same CNN (channels-last, like visarl's) and
   projection as a custom features extractor shared by actor and critic (``share_features_extractor=True``, its
   fastest setting; its critic target keeps its own copy), net_arch [1024] * 3.
@@ -108,7 +108,7 @@ class PaperCNNExtractor:
         class _Extractor(BaseFeaturesExtractor):
             def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 100) -> None:
                 super().__init__(observation_space, features_dim)
-                # SB3 has already scaled images to [0, 1]; the same CNN (channels-last, -0.5 shift) as visarl's
+                # SB3 scaled images to [0, 1]; the same CNN (channels-last, unpadded, not centred) as visarl's
                 self.cnn = PixelCNN("rgb", (IMG, IMG))
                 self.proj = trunk(self.cnn.out_dim, features_dim)
 

@@ -4,7 +4,9 @@ For each of the paper's four tasks: collect random-policy frames (50-step episod
 of them with the simulated annotator (``stage: annotate``, ``annotator: simulated``; ``--annotator keypoints``
 uses one exact click per in-frame keypoint instead), train ``stage: saliency`` on 24 and hold out 6 (the seeded
 80/20 split), and report the held-out F-measure (beta^2 = 0.3; max over thresholds and adaptive) and MAE of the
-final weights (no selection on the held-out frames), plus the max-F of the checkpoint that scored best on them.
+final weights (``selection: last``: no selection on the held-out frames); the "selected F" column is the max-F of
+the weights the stage selected, equal to the final one unless the stage runs with ``selection: validation`` (best
+on a selection set carved from the training frames, never on the held-out ones).
 Then the annotation-count sweep of Table V for one task: N annotations train on round(0.8 N) frames (4, 8, 16, 24)
 and are scored on the same 6 held-out frames of the N = 30 split.
 
@@ -149,7 +151,7 @@ def main() -> None:
         r = results[task]
         print(
             f"{task}: final F max {r['final']['f_max']:.3f}, adaptive {r['final']['f_adaptive']:.3f}, "
-            f"MAE {r['final']['mae']:.4f}; best-checkpoint F max {r['best']['f_max']:.3f} ({r['wall_s']:.0f} s)",
+            f"MAE {r['final']['mae']:.4f}; selected F max {r['best']['f_max']:.3f} ({r['wall_s']:.0f} s)",
             flush=True,
         )
 
@@ -166,7 +168,7 @@ def main() -> None:
             print(f"sweep {args.sweep_task} N={n}: F max {sweep[n]['final']['f_max']:.3f}", flush=True)
 
     print()
-    print(f"{'task':<12} {'train/held':>10} {'F max':>6} {'F adapt':>8} {'MAE':>7} {'best F':>7}   paper F / MAE")
+    print(f"{'task':<12} {'train/held':>10} {'F max':>6} {'F adapt':>8} {'MAE':>7} {'sel. F':>7}   paper F / MAE")
     for task, r in results.items():
         f = r["final"]
         print(

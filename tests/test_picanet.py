@@ -423,10 +423,29 @@ def test_weights_file_errors_name_the_file(tmp_path) -> None:
     bad = tmp_path / "bad.pt"
     state = PiCANet(32, width_mult=TINY).state_dict()
     torch.save(
-        {"format": "visarl-picanet", "hparams": {"input_size": 32, "width_mult": TINY * 2}, "state_dict": state}, bad
+        {
+            "format": "visarl-picanet",
+            "hparams": {"input_size": 32, "decoder": "authors", "width_mult": TINY * 2},
+            "state_dict": state,
+        },
+        bad,
     )
     with pytest.raises(ValueError, match=r"bad\.pt.*corrupt"):
         load_picanet(bad)
+
+
+def test_old_format_weights_without_decoder_metadata_are_refused(tmp_path) -> None:
+    """A picanet.pt from before the `decoder` entry (six cells, `global_cells`) is refused by name, not misloaded."""
+    model = PiCANet(32, width_mult=TINY)
+    old = {k: v for k, v in model.hparams.items() if k != "decoder"}
+    for name, hparams in (
+        ("six_cells.pt", {**old, "global_cells": [True, True, False, False, False, False]}),
+        ("no_decoder.pt", old),
+    ):
+        path = tmp_path / name
+        torch.save({"format": "visarl-picanet", "hparams": hparams, "state_dict": model.state_dict()}, path)
+        with pytest.raises(ValueError, match=rf"{name.replace('.', chr(92) + '.')}.*older visarl.*retrain"):
+            load_picanet(path)
 
 
 def test_local_aggregate_gradients_match_unfold() -> None:

@@ -14,18 +14,31 @@ from visarl.fit import run
 from visarl.report import aggregate_curves, collect_results, method_of, table_cells
 
 
-def _fake_run(root: Path, task: str, variant: str, seed: int, curve: list[float], final: float | None) -> Path:
-    run_dir = root / f"{task}-{variant}-{seed}"
+def _fake_run(
+    root: Path,
+    task: str,
+    variant: str,
+    seed: int,
+    curve: list[float],
+    final: float | None,
+    saliency: str | None = None,
+    config_saliency: str = "",
+) -> Path:
+    run_dir = root / f"{task}-{variant}-{seed}-{saliency}-{config_saliency}"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(
         f"stage: rl\nseed: {seed}\nenv:\n  task: {task}\nencoder:\n  name: cnn\n  variant: {variant}\n"
+        + (f"saliency: {config_saliency}\n" if config_saliency else "")
     )
     tb = SummaryWriter(str(run_dir))
     for i, v in enumerate(curve):
         tb.add_scalar("eval/success_rate", v, (i + 1) * 1000)
     tb.close()
     if final is not None:
-        (run_dir / "eval.json").write_text(json.dumps({"final": {"success_rate": final, "episodes": 50}}))
+        record = {"final": {"success_rate": final, "episodes": 50}}
+        if saliency is not None:
+            record["saliency"] = saliency
+        (run_dir / "eval.json").write_text(json.dumps(record))
     return run_dir
 
 
@@ -108,3 +121,31 @@ def test_publish_writes_json_table_and_figure_from_the_runs(fake_runs, tmp_path)
     m, s = np.mean(finals["rgb"]), np.std(finals["rgb"], ddof=1)
     assert f"| CNN RGB | {m:.2f} ± {s:.2f} |" in md and "python -m visarl.fit --config X" in md
     assert doc["commit"] in md and (out / "demo.png").stat().st_size > 5000
+
+def test_oracle_runs_are_their_own_marked_row(tmp_path):
+    root = tmp_path / "runs"
+    for seed, final in enumerate([0.5, 0.7]):
+        _fake_run(root, "reach", "rgbs", seed, [final], final, saliency="picanet")
+    _fake_run(root, "reach", "rgbs", 0, [0.9], 0.9, saliency="oracle")
+    # written before eval.json recorded the source: the config's saliency key decides
+    _fake_run(root, "reach", "rgbs", 1, [0.8], 0.8, config_saliency="oracle")
+    _fake_run(root, "reach", "rgb", 0, [0.3], 0.3, config_saliency="oracle")  # rgb never reads maps: not marked
+    results = collect_results([root])
+    assert sorted(r.label for r in results) == ["CNN RGB", "CNN RGBS", "CNN RGBS", "CNN RGBS †", "CNN RGBS †"]
+    cells = table_cells(results)
+    assert cells[("CNN RGBS", "reach")][0] == pytest.approx(0.6)  # PiCANet runs alone
+    assert cells[("CNN RGBS †", "reach")][0] == pytest.approx(0.85)  # never mixed into the PiCANet mean
+    out = run("conf/report/default.yaml", [f"runs=[{root}]", f"output_dir={tmp_path}/out", "run=r"])
+    rows = list(csv.reader(open(out["table_csv"])))
+    names = [r[0] for r in rows[1:]]
+    assert names.index("CNN RGBS †") == names.index("CNN RGBS") + 1
+    marked = dict(zip(rows[0], rows[1 + names.index("CNN RGBS †")], strict=True))
+    assert marked["reach (ours)"].startswith("0.85") and marked["reach (paper)"] == "0.51 ± 0.07"
+    md = Path(out["table_md"]).read_text()
+    assert "| CNN RGBS † |" in md and "† Saliency from the oracle" in md and "privileged" in md
+
+
+def test_no_footnote_without_oracle_runs(fake_runs, tmp_path):
+    root, _ = fake_runs
+    out = run("conf/report/default.yaml", [f"runs=[{root}]", f"output_dir={tmp_path}/out", "run=r"])
+    assert "†" not in Path(out["table_md"]).read_text()

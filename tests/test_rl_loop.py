@@ -59,9 +59,11 @@ def test_replay_transitions_never_cross_episodes(tmp_path, capacity):
         ended = rng.random(n) < 0.1  # episodes of random length, different per stream
         terminated = ended & (rng.random(n) < 0.5)
         truncated = ended & ~terminated
+        action = rng.uniform(-1, 1, (n, 4))
+        action[:, 0] = step / 1000  # tagged with the step of the frame it was chosen on
         step += 1
         replay.step(
-            rng.uniform(-1, 1, (n, 4)),
+            action,
             step.astype(float),
             terminated,
             truncated,
@@ -79,6 +81,8 @@ def test_replay_transitions_never_cross_episodes(tmp_path, capacity):
     assert np.array_equal(s[:, 0], s2[:, 0]) and np.array_equal(s[:, 1], s2[:, 1])  # same stream and episode
     np.testing.assert_array_equal(s2[:, 2], s[:, 2] + 1)  # the very next step
     np.testing.assert_array_equal(batch.reward.numpy(), s2[:, 2])  # the reward that came with that step
+    # each action is paired with the frame it was chosen on (the authors' sampler pairs frame t-1 with action t)
+    np.testing.assert_allclose(batch.action[:, 0].numpy(), s[:, 2] / 1000, atol=1e-6)
     assert batch.obs["rgb"].shape == (4096, 3, 8, 8) and batch.obs["rgb"].dtype == torch.uint8
     if capacity == 23:
         assert len(replay.buffer) <= 23 and s[:, 2].max() > 0
@@ -123,6 +127,7 @@ def test_stage_rl_tiny_cnn_rgbs_oracle(tmp_path):
     assert (sal[0] < 10).mean() > 0.5  # background stays dark
     # evaluation: step 0, every 30 steps, and the end; curve and final in eval.json
     ev = json.loads((run_dir / "eval.json").read_text())
+    assert ev["saliency"] == summary["saliency"] == "oracle"  # the privileged source is on record
     assert [c["step"] for c in ev["curve"]] == [0, 30, 60]
     assert ev["final"]["step"] == 60 and ev["final"]["episodes"] == 2 and ev["final"]["episode_length"] == 20
     assert 0.0 <= ev["final"]["success_rate"] <= 1.0
@@ -258,6 +263,39 @@ def test_sigkill_then_resume_continues_from_checkpoint(tmp_path):
 
 
 # ---------------------------------------------------------------- config
+
+
+def test_standalone_configs_never_default_to_the_oracle():
+    from visarl.config import build, load_yaml
+    from visarl.rl.stage import RLConfig
+
+    for name in ("saliency", "rgb_x_saliency", "rgbs"):
+        raw = load_yaml(f"conf/rl/cnn_{name}.yaml")
+        cfg = build(RLConfig, raw)
+        assert cfg.saliency == "picanet" and cfg.saliency_ckpt == "data/reach/picanet.pt", name
+    for path in sorted(Path("conf/rl").glob("*.yaml")):
+        if path.name != "tiny.yaml":  # the test-size config reads the oracle on purpose (no PiCANet to train)
+            assert load_yaml(path).get("saliency", "none") != "oracle", path
+
+
+@pytest.mark.parametrize(
+    "source,inputs,expected",
+    [
+        ("oracle", {"rgb", "saliency"}, {"saliency": "oracle"}),
+        ("picanet", {"saliency"}, {"saliency": "picanet", "saliency_ckpt": "p.pt"}),
+        ("oracle", {"rgb"}, {"saliency": "none"}),  # maps stored, but the policy never read them
+        ("none", {"state"}, {"saliency": "none"}),
+    ],
+)
+def test_saliency_record_names_what_the_policy_read(source, inputs, expected):
+    from types import SimpleNamespace
+
+    from visarl.rl.module import SACLoop
+
+    loop = SimpleNamespace(
+        settings=SimpleNamespace(saliency=source, saliency_ckpt="p.pt"), _policy_inputs=lambda: inputs
+    )
+    assert SACLoop.saliency_record(loop) == expected
 
 
 def test_rl_config_errors_name_the_keys(monkeypatch):

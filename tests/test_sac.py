@@ -18,7 +18,7 @@ from visarl.rl.saliency_source import OracleSaliency
 
 A = 4  # Meta-World action size
 SMALL = dict(feature_dim=16, hidden_dim=32, num_layers=3)
-IMG = 16  # small frames: 16 -> 8 -> 6 -> 4 with 3 conv layers
+IMG = 16  # small frames: 16 -> 7 -> 5 -> 3 with 3 unpadded conv layers
 
 
 def pixel_obs(batch: int, size: int = IMG, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -62,20 +62,42 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 # ---------------------------------------------------------------- encoders
 
 
-def test_paper_cnn_gives_32x12x12_at_64x64():
+def test_paper_cnn_is_the_authors_unpadded_stack():
     enc = PixelCNN("rgb", (64, 64))
     convs = [m for m in enc.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 11
     assert all(c.out_channels == 32 and c.kernel_size == (3, 3) for c in convs)
     assert [c.stride for c in convs] == [(2, 2)] + [(1, 1)] * 10
-    assert all(c.padding == (0, 0) for c in convs[1:])
-    assert enc.out_shape == (32, 12, 12) and enc.out_dim == 4608
+    assert all(c.padding == (0, 0) for c in convs)  # Appendix F: "no padding"; the authors' SharedCNN
+    # ReLU between convs, none after the last (the authors' and SAC-AE's encoders)
+    assert isinstance(enc.convs[-1], nn.Conv2d) and sum(isinstance(m, nn.ReLU) for m in enc.convs) == 10
+    assert enc.out_shape == (32, 11, 11) and enc.out_dim == 3872  # 64 -> 31 -> 29 -> ... -> 11
     out = enc({"rgb": torch.zeros(2, 3, 64, 64, dtype=torch.uint8)})
-    assert out.shape == (2, 4608)
-    # The literal "no padding anywhere" stack gives 11x11 (the paper's text disagrees with itself).
-    literal = PixelCNN("rgb", (64, 64), first_padding=0)
-    assert literal.out_dim == 32 * 11 * 11
-    assert literal({"rgb": torch.zeros(1, 3, 64, 64, dtype=torch.uint8)}).shape == (1, 3872)
+    assert out.shape == (2, 3872)
+    assert PixelCNN("rgb", (84, 84)).out_shape == (32, 21, 21)
+    # One pixel of padding on the first conv gives the 32x12x12 that Appendix F also states.
+    padded = PixelCNN("rgb", (64, 64), first_padding=1, last_relu=True)
+    assert padded.out_dim == 4608 and isinstance(padded.convs[-1], nn.ReLU)
+    assert padded({"rgb": torch.zeros(1, 3, 64, 64, dtype=torch.uint8)}).shape == (1, 4608)
+
+
+def test_conv_init_delta_orthogonal_and_orthogonal():
+    torch.manual_seed(0)
+    enc = PixelCNN("rgbs", (32, 32), num_layers=3)
+    for conv in (m for m in enc.modules() if isinstance(m, nn.Conv2d)):
+        w = conv.weight.detach()
+        centre = w[:, :, 1, 1]
+        off = w.clone()
+        off[:, :, 1, 1] = 0
+        assert torch.equal(off, torch.zeros_like(off)) and torch.equal(conv.bias, torch.zeros_like(conv.bias))
+        # the centre tap is orthogonal with the ReLU gain: columns (in <= out) orthonormal up to gain^2 = 2
+        torch.testing.assert_close(centre.T @ centre, 2.0 * torch.eye(centre.shape[1]), atol=1e-5, rtol=0)
+    full = PixelCNN("rgbs", (32, 32), num_layers=3, init="orthogonal")
+    w = full.convs[2].weight.detach().flatten(1)  # [32, 288]: rows orthonormal up to gain^2
+    assert (w[:, [0, 1, 2, 3, 5, 6, 7, 8]].abs().sum() > 0).item()
+    torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(32), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="init"):
+        PixelCNN("rgb", (32, 32), init="xavier")
 
 
 @pytest.mark.parametrize("variant,channels", [("rgb", 3), ("saliency", 1), ("rgb_x_saliency", 3), ("rgbs", 4)])
@@ -90,16 +112,32 @@ def test_pixel_variant_inputs_and_shapes(variant, channels):
         "saliency": sal,
         "rgb_x_saliency": rgb * sal,
         "rgbs": np.concatenate([rgb, sal], axis=1),
-    }[variant] - 0.5
+    }[variant]  # in [0, 1], not centred (the authors only divide by 255)
     np.testing.assert_allclose(enc.preprocess(obs).numpy(), expected, atol=1e-6)
+    centred = PixelCNN(variant, (IMG, IMG), num_layers=3, num_filters=8, center=True)
+    np.testing.assert_allclose(centred.preprocess(obs).numpy(), expected - 0.5, atol=1e-6)
     assert set(enc.obs_keys) == {"rgb", "saliency"} & set(PIXEL_VARIANTS[variant].obs_keys)
     out = enc(obs)
-    assert out.shape == (5, enc.out_dim) == (5, 8 * 4 * 4)
+    assert out.shape == (5, enc.out_dim) == (5, 8 * 3 * 3)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, enc.convs(enc.preprocess(obs)).flatten(1))  # [C, H, W] order, any layout
     # Float maps in [0, 1] are accepted as well as uint8 and give the same input.
     as_float = {k: (v.float() / 255 if v.dtype == torch.uint8 else v) for k, v in obs.items()}
     torch.testing.assert_close(enc.preprocess(as_float), enc.preprocess(obs))
+
+
+@pytest.mark.parametrize("variant", ["saliency", "rgbs", "rgb_x_saliency"])
+def test_saliency_scale_restores_the_authors_double_division(variant):
+    obs = pixel_obs(3)
+    ours = PixelCNN(variant, (IMG, IMG), num_layers=3, num_filters=8)
+    theirs = PixelCNN(variant, (IMG, IMG), num_layers=3, num_filters=8, saliency_scale=1 / 255)
+    x, y = ours.preprocess(obs), theirs.preprocess(obs)
+    if variant == "rgb_x_saliency":  # a mask of rgb: their rgb * map / 255 is already in [0, 1]
+        torch.testing.assert_close(x, y)
+        return
+    torch.testing.assert_close(y[:, -1:], x[:, -1:] / 255)  # the map's channel is 255x weaker
+    torch.testing.assert_close(y[:, :-1], x[:, :-1])  # rgb untouched
+    assert x[:, -1].max() > 0.9  # ours spans [0, 1] like rgb
 
 
 def test_encoder_missing_key_is_named():
@@ -113,7 +151,9 @@ def test_make_encoder_factory():
     assert isinstance(ident, IdentityEncoder) and ident.out_dim == 39 and ident.obs_keys == ("state",)
     assert ident({"state": torch.ones(2, 39, dtype=torch.float64)}).dtype == torch.float32
     cnn = make_encoder("cnn", "rgbs", shapes)
-    assert isinstance(cnn, PixelCNN) and cnn.out_dim == 4608 and cnn.obs_keys == ("rgb", "saliency")
+    assert isinstance(cnn, PixelCNN) and cnn.out_dim == 3872 and cnn.obs_keys == ("rgb", "saliency")
+    padded = make_encoder("cnn", "rgbs", shapes, first_padding=1, saliency_scale=0.5, center=True)
+    assert padded.out_dim == 4608 and padded.saliency_scale == 0.5 and padded.center
     with pytest.raises(ConfigError, match="encoder"):
         make_encoder("resnet", "rgb", shapes)
     with pytest.raises(ConfigError, match="variant"):
@@ -223,8 +263,27 @@ def test_soft_td_target_hand_computed():
     torch.testing.assert_close(target, torch.tensor([3.25, 1.0, 2.575, 0.7]))
 
 
-def test_terminated_stops_bootstrap_truncated_does_not():
+def test_no_target_encoder_by_default_target_critic_reads_online_features():
     agent = cnn_agent()
+    assert agent.encoder_target is None  # the authors' SAC: no target encoder
+    batch = make_batch()
+    torch.manual_seed(5)
+    target = agent.td_target(batch)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        feat = agent.encoder(batch.next_obs)
+        next_action, logp = agent.actor(feat).rsample_with_log_prob()
+        q1, q2 = agent.critic_target(feat, next_action)
+    expected = batch.reward + 0.99 * (torch.min(q1, q2) - agent.alpha * logp)
+    torch.testing.assert_close(target, expected)
+    enc0 = params_of(agent.encoder)
+    agent.soft_update_target(tau=0.5)  # no target encoder to average: the online encoder is untouched
+    assert same(enc0, params_of(agent.encoder))
+    assert cnn_agent(target_encoder=True).encoder_target is not None
+
+
+def test_terminated_stops_bootstrap_truncated_does_not():
+    agent = cnn_agent(target_encoder=True)
     with torch.no_grad():  # make the target encoder differ from the online one, as it does after training
         for p in agent.encoder_target.parameters():
             p.add_(0.1 * torch.randn_like(p))  # not a rescaling: the trunks' LayerNorm would undo that
@@ -272,7 +331,7 @@ def test_polyak_update_hand_computed():
 
 
 def test_soft_update_target_agent():
-    agent = cnn_agent()
+    agent = cnn_agent(target_encoder=True)
     with torch.no_grad():
         for p in agent.critic.parameters():
             p.fill_(1.0)
@@ -387,7 +446,7 @@ def test_update_without_dtype_inherits_the_callers_autocast():
 
 
 def test_encoder_only_autocast_keeps_heads_fp32():
-    agent = cnn_agent(encoder_dtype=torch.bfloat16)
+    agent = cnn_agent(encoder_dtype=torch.bfloat16, target_encoder=True)
     conv_out, trunk_out = [], []
     agent.encoder.convs.register_forward_hook(lambda mod, inp, out: conv_out.append(out.dtype))
     agent.critic.q1.trunk.register_forward_hook(lambda mod, inp, out: trunk_out.append(out.dtype))
@@ -400,7 +459,7 @@ def test_encoder_only_autocast_keeps_heads_fp32():
     assert all(torch.isfinite(v) for v in metrics.values())
     assert agent.encoder_target is not None and conv_out.count(torch.bfloat16) >= 3  # obs, next obs (online, target)
     # close to the fp32 features: bf16 keeps ~3 significant digits
-    fp32 = cnn_agent()
+    fp32 = cnn_agent(target_encoder=True)
     fp32.load_state_dict(agent.state_dict())
     torch.testing.assert_close(agent.encode(batch.obs), fp32.encode(batch.obs), rtol=0.05, atol=0.02)
 

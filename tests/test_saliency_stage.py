@@ -177,21 +177,21 @@ def test_stage_end_to_end(annotations, tmp_path) -> None:
     run_dir = tmp_path / "runs" / "tiny" / "a"
     ckpts = run_dir / "checkpoints"
     assert (ckpts / "last.ckpt").is_file()
-    best = list(ckpts.glob("best-*.ckpt"))
-    assert len(best) == 1 and summary["best_checkpoint"] == str(best[0])
-    assert summary["train_frames"] == 16 and summary["heldout_frames"] == 4
+    # selection: last (the default): no best checkpoint, the final weights are exported and reported
+    assert not list(ckpts.glob("best-*.ckpt")) and summary["best_checkpoint"] == "" and summary["selection"] == "last"
+    assert summary["train_frames"] == 16 and summary["heldout_frames"] == 4 and summary["selection_frames"] == 0
 
-    # The plain weights file: plain tensors and numbers, the best checkpoint's weights, the config's numbers.
+    # The plain weights file: plain tensors and numbers, the final weights, the config's numbers.
     blob = torch.load(run_dir / "picanet.pt", weights_only=True)
     assert blob["format"] == "visarl-picanet"
     assert blob["hparams"]["input_size"] == 64 and blob["hparams"]["width_mult"] == 0.0625
-    best_state = torch.load(best[0], weights_only=True)["state_dict"]
+    last_state = torch.load(ckpts / "last.ckpt", weights_only=True)["state_dict"]
     for k, v in blob["state_dict"].items():
-        torch.testing.assert_close(v, best_state[f"net.{k}"])
+        torch.testing.assert_close(v, last_state[f"net.{k}"])
     assert export.read_bytes() == (run_dir / "picanet.pt").read_bytes()
     net = load_picanet(export)
     assert isinstance(net, PiCANet) and not net.training
-    from_ckpt = load_picanet(best[0])  # the Lightning checkpoint itself loads too (weights_only)
+    from_ckpt = load_picanet(ckpts / "last.ckpt")  # the Lightning checkpoint itself loads too (weights_only)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(from_ckpt(x).final, net(x).final)
@@ -205,7 +205,40 @@ def test_stage_end_to_end(annotations, tmp_path) -> None:
     saved = json.loads((run_dir / "saliency.json").read_text())
     for which in ("final", "best"):
         assert 0 <= saved[which]["f_max"] <= 1 and 0 <= saved[which]["mae"] <= 1
-    assert saved["best"]["f_max"] == pytest.approx(max(scalars["val/f_max"][:2]), abs=1e-6)
+    assert saved["best"] == saved["final"]
+    assert saved["final"]["f_max"] == pytest.approx(scalars["val/f_max"][1], abs=1e-6)  # epoch 4 on held-out
+
+
+def test_selection_on_validation_never_uses_the_heldout_frames(annotations, tmp_path) -> None:
+    base = [f"output_dir={tmp_path}/runs", f"annotations={annotations}", "export_path=none"]
+    summary = run(TINY, [*base, "run=v", "selection=validation"])
+    run_dir = tmp_path / "runs" / "tiny" / "v"
+    # 20 frames: 4 held out as before; the 16 others give 3 selection frames and 13 training frames
+    assert summary["heldout_frames"] == 4 and summary["selection_frames"] == 3 and summary["train_frames"] == 13
+    best = list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1 and summary["best_checkpoint"] == str(best[0])
+    blob = torch.load(run_dir / "picanet.pt", weights_only=True)
+    best_state = torch.load(best[0], weights_only=True)["state_dict"]
+    for k, v in blob["state_dict"].items():  # the exported weights are the selected ones
+        torch.testing.assert_close(v, best_state[f"net.{k}"])
+    # the validation epochs during training scored the selection frames; the reported numbers the held-out ones
+    scalars, _ = _scalars(run_dir)
+    selection_scores = scalars["val/f_max"][:2]
+    callbacks = torch.load(best[0], weights_only=False)["callbacks"]
+    ckpt_score = next(float(v["best_model_score"]) for k, v in callbacks.items() if "ModelCheckpoint" in k)
+    assert ckpt_score == pytest.approx(max(selection_scores), abs=1e-6)
+
+    from visarl.saliency.data import SaliencyDataModule
+
+    dm = SaliencyDataModule(annotations, select_fraction=0.2)
+    dm.setup()
+    plain = SaliencyDataModule(annotations)
+    plain.setup()
+    assert np.array_equal(dm.val_idx, plain.val_idx)  # the reported frames do not depend on the selection
+    assert not set(dm.select_idx) & set(dm.val_idx) and not set(dm.select_idx) & set(dm.train_idx)
+    assert sorted([*dm.select_idx, *dm.train_idx]) == sorted(plain.train_idx)
+    with pytest.raises(ConfigError, match="selection"):
+        run(TINY, [*base, "run=w", "selection=best"])
 
 
 def test_resume_continues_from_last_checkpoint(annotations, tmp_path) -> None:

@@ -4,6 +4,10 @@ A run is any directory holding a ``config.yaml`` whose ``stage`` is ``rl``. Its 
 ``eval.json`` (the last evaluation over ``eval_episodes`` rollouts); its curve from the TensorBoard event
 files (tag ``eval/success_rate``), falling back to the curve stored in ``eval.json``. Runs that have not
 finished an evaluation are reported as missing, never filled in.
+
+A run whose policy read oracle saliency (keypoints projected from the simulator state: privileged information the
+paper's method does not have) is its own row, its method name marked with :data:`ORACLE_MARK`. The source comes from
+``eval.json``'s ``saliency`` record, or for runs written before it from the config's ``saliency`` key.
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ METHODS: tuple[str, ...] = tuple(PAPER_TABLE1)
 """Table I's rows, in the paper's order."""
 TASKS: tuple[str, ...] = ("reach", "drawer-open", "faucet-open", "door-open")
 """Table I's columns, in the paper's order."""
+ORACLE_MARK = "†"
+"""Marks a Table I row (and its footnote) whose policy read oracle saliency."""
+ORACLE_FOOTNOTE = (
+    f"{ORACLE_MARK} Saliency from the oracle: keypoints projected from the simulator state, privileged information "
+    "the paper's method (saliency predicted by PiCANet from the frame) does not have. Not comparable to the paper."
+)
+_READS_SALIENCY = ("CNN Saliency", "CNN RGB x Saliency", "CNN RGBS", "MMAE RGB+Saliency")
 _CNN_VARIANTS = {
     "rgb": "CNN RGB",
     "saliency": "CNN Saliency",
@@ -86,6 +97,13 @@ class RunResult:
     """Success rate of the last evaluation, None when the run has not evaluated yet."""
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     success: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    saliency: str = "none"
+    """Source of the saliency maps the policy read: none, picanet or oracle (privileged)."""
+
+    @property
+    def label(self) -> str:
+        """The row this run belongs to: its method, marked when the policy read oracle saliency."""
+        return f"{self.method} {ORACLE_MARK}" if self.saliency == "oracle" else self.method
 
 
 def short_task(task: str) -> str:
@@ -150,10 +168,14 @@ def load_run(run_dir: Path) -> RunResult | None:
     env = cfg.get("env", {}) if isinstance(cfg.get("env"), dict) else {}
     task = short_task(str(env.get("task") or cfg.get("task", "?")))
     final = None
+    method = method_of(cfg)
+    # Runs written before eval.json recorded the source: the config's, when the method reads saliency at all.
+    saliency = str(cfg.get("saliency") or "none") if method in _READS_SALIENCY else "none"
     steps, success = read_scalars(run_dir)
     eval_path = run_dir / "eval.json"
     if eval_path.is_file():
         data = json.loads(eval_path.read_text())
+        saliency = str(data.get("saliency", saliency))
         final_block = data.get("final") or {}
         if "success_rate" in final_block:
             final = float(final_block["success_rate"])
@@ -161,7 +183,7 @@ def load_run(run_dir: Path) -> RunResult | None:
         if len(steps) == 0 and curve:
             steps = np.array([c["step"] for c in curve], dtype=np.int64)
             success = np.array([c["success_rate"] for c in curve], dtype=np.float64)
-    return RunResult(run_dir, task, method_of(cfg), int(cfg.get("seed", 0)), final, steps, success)
+    return RunResult(run_dir, task, method, int(cfg.get("seed", 0)), final, steps, success, saliency)
 
 
 def collect_results(roots: list[str | Path]) -> list[RunResult]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visarl.report.results import METHODS, PAPER_TABLE1, TASKS, RunResult
+from visarl.report.results import METHODS, ORACLE_FOOTNOTE, ORACLE_MARK, PAPER_TABLE1, TASKS, RunResult
 
 MISSING = "—"
 
@@ -21,11 +21,15 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def table_cells(results: list[RunResult]) -> dict[tuple[str, str], tuple[float, float | None, int]]:
-    """(method, task) -> (mean, std, number of seeds) over runs that finished an evaluation."""
+    """(row, task) -> (mean, std, number of seeds) over runs that finished an evaluation.
+
+    The row is the run's ``label``: its method, or the method marked with a dagger when the policy read oracle
+    saliency, so privileged runs never share a mean with PiCANet ones.
+    """
     finals: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in results:
         if r.final_success is not None:
-            finals[(r.method, r.task)].append(r.final_success)
+            finals[(r.label, r.task)].append(r.final_success)
     return {key: (*mean_std(vals), len(vals)) for key, vals in finals.items()}
 
 
@@ -35,9 +39,21 @@ def _fmt(mean: float | None, std: float | None) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
+def _base(row: str) -> str:
+    return row.removesuffix(f" {ORACLE_MARK}")
+
+
+def _row_order(rows: set[str]) -> list[str]:
+    """Table I's methods in the paper's order, each followed by its oracle row if any, then unknown methods."""
+    order = []
+    for m in METHODS:
+        order += [m] + ([f"{m} {ORACLE_MARK}"] if f"{m} {ORACLE_MARK}" in rows else [])
+    return order + sorted(rows - set(order))
+
+
 def _rows(results: list[RunResult]) -> tuple[list[str], list[str], list[list[str]]]:
     cells = table_cells(results)
-    methods = [m for m in METHODS] + sorted({m for m, _ in cells} - set(METHODS))
+    methods = _row_order({m for m, _ in cells})
     tasks = list(TASKS) + sorted({t for _, t in cells} - set(TASKS))
     header = ["Method"]
     for t in tasks:
@@ -46,7 +62,7 @@ def _rows(results: list[RunResult]) -> tuple[list[str], list[str], list[list[str
     rows = []
     for m in methods:
         row, ours, seeds = [m], [], []
-        paper = PAPER_TABLE1.get(m, {})
+        paper = PAPER_TABLE1.get(_base(m), {})
         for t in tasks:
             mean, std, n = cells.get((m, t), (None, None, 0))
             row += [_fmt(mean, std), _fmt(*paper[t]) if t in paper else MISSING]
@@ -63,18 +79,20 @@ def _rows(results: list[RunResult]) -> tuple[list[str], list[str], list[list[str
 def write_table1(results: list[RunResult], out_dir: Path) -> tuple[Path, Path]:
     """Write ``table1.md`` and ``table1.csv``; missing cells are shown as missing, never filled in."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _, header, rows = _rows(results)
+    methods, header, rows = _rows(results)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
+    oracle = any(m.endswith(ORACLE_MARK) for m in methods)
     md_path = out_dir / "table1.md"
     md_path.write_text(
         "Success rate (final evaluation; mean ± sample std over seeds; 'seeds' counts runs per task).\n\n"
         + "\n".join(md)
         + "\n"
+        + (f"\n{ORACLE_FOOTNOTE}\n" if oracle else "")
     )
     csv_path = out_dir / "table1.csv"
     with csv_path.open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
+        csv.writer(f).writerows([header, *rows])  # rows keep their dagger; the footnote is in table1.md
     return md_path, csv_path
 
 
@@ -100,14 +118,15 @@ def write_figure3(results: list[RunResult], out_dir: Path) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = list(TASKS) + sorted({r.task for r in results} - set(TASKS))
+    rows = _row_order({r.label for r in results} | set(METHODS))
     panels = [
-        ("CNN", [m for m in METHODS if m.startswith("CNN")]),
-        ("MultiMAE", [m for m in METHODS if m.startswith("MMAE")]),
+        ("CNN", [m for m in rows if m.startswith("CNN")]),
+        ("MultiMAE", [m for m in rows if m.startswith("MMAE")]),
     ]
     fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 6.4), squeeze=False, sharey=True)
     by_key: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
     for r in results:
-        by_key[(r.method, r.task)].append(r)
+        by_key[(r.label, r.task)].append(r)
     colors = plt.get_cmap("tab10")
     for row, (family, methods) in enumerate(panels):
         for col, task in enumerate(tasks):

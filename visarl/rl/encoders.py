@@ -6,7 +6,8 @@ the keys it reads in ``obs_keys`` (so a data module loads only those). Images ar
 
 - ``IdentityEncoder``: the low-dimensional ``state`` vector (39-d in Meta-World), unchanged.
 - ``PixelCNN``: the paper's CNN (Appendix F, after RAD/SAC-AE), trained by critic gradients only, with the
-  four input variants of Section IV-D: ``rgb``, ``saliency``, ``rgb_x_saliency`` and ``rgbs``.
+  four input variants of Section IV-D: ``rgb``, ``saliency``, ``rgb_x_saliency`` and ``rgbs``. Its settings follow
+  the paper and, where it is silent, the authors' ``SharedCNN`` (docs/fidelity.md, CNN rows).
 - ``FrozenEncoder``: any pretrained module (the MultiMAE encoder) with its weights fixed.
 """
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from visarl.config import ConfigError
-from visarl.rl.networks import weight_init
+from visarl.rl.networks import CONV_INITS, conv_init
 
 ENCODER_NAMES = ("identity", "cnn", "frozen")
 
@@ -58,36 +59,47 @@ class PixelVariant:
     channels: int
     combine: Callable[[dict[str, Tensor]], Tensor]
     """Maps {key: float [B, C_k, H, W] in [0, 1]} to the CNN input [B, channels, H, W] in [0, 1]."""
+    saliency_channel: bool = False
+    """The map enters the CNN as a channel of its own (so ``saliency_scale`` applies), not as a mask of rgb."""
 
 
 # One entry per input variant (ViSaRL Section IV-D), so adding a variant is one line.
 PIXEL_VARIANTS: dict[str, PixelVariant] = {
     "rgb": PixelVariant(("rgb",), 3, lambda x: x["rgb"]),
-    "saliency": PixelVariant(("saliency",), 1, lambda x: x["saliency"]),
+    "saliency": PixelVariant(("saliency",), 1, lambda x: x["saliency"], saliency_channel=True),
     # Saliency masks the image: each rgb channel scaled by the [0, 1] map (Fig. 4).
     "rgb_x_saliency": PixelVariant(("rgb", "saliency"), 3, lambda x: x["rgb"] * x["saliency"]),
     # Saliency as a fourth channel after r, g, b.
-    "rgbs": PixelVariant(("rgb", "saliency"), 4, lambda x: torch.cat([x["rgb"], x["saliency"]], dim=1)),
+    "rgbs": PixelVariant(
+        ("rgb", "saliency"), 4, lambda x: torch.cat([x["rgb"], x["saliency"]], dim=1), saliency_channel=True
+    ),
 }
 
 
-def conv_out_size(size: int, num_layers: int, first_padding: int) -> int:
-    """Spatial size after the stack: one 3x3 stride-2 conv (padding ``first_padding``), then 3x3 stride-1 valid."""
+def conv_out_size(size: int, num_layers: int, first_padding: int = 0) -> int:
+    """Spatial size after the stack: one 3x3 stride-2 conv (padding ``first_padding``), then 3x3 stride-1 valid.
+
+    Without padding (the paper's text and the authors' code): 64 -> 31 -> 29 -> ... -> 11, and 84 -> 41 -> ... -> 21.
+    """
     size = (size + 2 * first_padding - 3) // 2 + 1
     return size - 2 * (num_layers - 1)
 
 
 class PixelCNN(nn.Module):
-    """The paper's CNN encoder (ViSaRL Appendix F, after RAD [9] and SAC-AE [10]).
+    """The paper's CNN encoder (ViSaRL Appendix F, after RAD [9] and SAC-AE [10]; the authors' ``SharedCNN``).
 
-    ``num_layers`` 3x3 convs of ``num_filters`` filters, stride 2 for the first and 1 for the rest, ReLU after
-    each, flattened. Inputs are scaled to [0, 1] and shifted by -0.5, as SAC-AE and RAD do, so they are
-    centred on zero.
+    ``num_layers`` 3x3 convs of ``num_filters`` filters, stride 2 for the first and 1 for the rest, ReLU between
+    them and none after the last (``last_relu=False``, as the authors' and SAC-AE's encoders), flattened. Inputs are
+    scaled to [0, 1] (the authors divide by 255 and do not centre; ``center=True`` subtracts 0.5 as DrQ-v2 does).
 
-    The paper says "no padding" and also "a feature map of 32x12x12 given 64x64x3". These disagree: without
-    padding 64 -> 31 -> ... -> 11 (32x11x11 = 3872). One pixel of padding on the first (stride-2) conv gives
-    64 -> 32 -> ... -> 12, i.e. the paper's 32x12x12 = 4608; that is the default (``first_padding=1``), and
-    ``first_padding=0`` gives the literal no-padding stack.
+    Appendix F says "no padding" and also "a feature map of 32x12x12 given 64x64x3"; these disagree. The authors'
+    code has no padding, so the default ``first_padding=0`` gives 64 -> 31 -> ... -> 11, i.e. 32x11x11 = 3872
+    features (32x21x21 at 84 px); ``first_padding=1`` gives the stated 32x12x12 = 4608.
+
+    ``saliency_scale`` multiplies a saliency map that enters as a channel of its own (variants ``saliency`` and
+    ``rgbs``). 1.0 keeps it in [0, 1] like rgb; the authors' code divides it by 255 twice (their predictor returns
+    [0, 1], their encoder divides every channel by 255), which ``saliency_scale = 1/255`` restores.
+    Convs get the delta-orthogonal init of the authors and SAC-AE (``init="delta_orthogonal"``), or ``"orthogonal"``.
     """
 
     def __init__(
@@ -96,34 +108,45 @@ class PixelCNN(nn.Module):
         image_size: tuple[int, int],
         num_layers: int = 11,
         num_filters: int = 32,
-        first_padding: int = 1,
+        first_padding: int = 0,
+        last_relu: bool = False,
+        center: bool = False,
+        saliency_scale: float = 1.0,
+        init: str = "delta_orthogonal",
     ) -> None:
         super().__init__()
         if variant not in PIXEL_VARIANTS:
             raise ValueError(f"unknown pixel variant {variant!r}; known: {sorted(PIXEL_VARIANTS)}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if init not in CONV_INITS:
+            raise ValueError(f"unknown conv init {init!r}; known: {list(CONV_INITS)}")
         self.variant = variant
         self.spec = PIXEL_VARIANTS[variant]
         self.obs_keys = self.spec.obs_keys
+        self.center = center
+        self.saliency_scale = float(saliency_scale)
         h, w = (conv_out_size(s, num_layers, first_padding) for s in image_size)
         if h < 1 or w < 1:
             raise ValueError(f"image size {tuple(image_size)} is too small for {num_layers} conv layers")
         self.out_shape = (num_filters, h, w)
         self.out_dim = num_filters * h * w
-        layers: list[nn.Module] = [
-            nn.Conv2d(self.spec.channels, num_filters, 3, stride=2, padding=first_padding),
-            nn.ReLU(inplace=True),
-        ]
+        layers: list[nn.Module] = [nn.Conv2d(self.spec.channels, num_filters, 3, stride=2, padding=first_padding)]
         for _ in range(num_layers - 1):
-            layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace=True)]
+            layers += [nn.ReLU(inplace=True), nn.Conv2d(num_filters, num_filters, 3, stride=1)]
+        if last_relu:
+            layers.append(nn.ReLU(inplace=True))
         self.convs = nn.Sequential(*layers)
-        self.apply(weight_init)
+        self.apply(lambda m: conv_init(m, init))
 
     def preprocess(self, obs: Mapping[str, Tensor]) -> Tensor:
-        """Build the network input [B, C, H, W] from the observation dict: combine in [0, 1], then -0.5."""
+        """Build the network input [B, C, H, W] from the observation dict: each key in [0, 1], then combined."""
         _require(obs, self.obs_keys, f"PixelCNN(variant={self.variant!r})")
-        return self.spec.combine({k: to_unit(obs[k]) for k in self.obs_keys}) - 0.5
+        x = {k: to_unit(obs[k]) for k in self.obs_keys}
+        if self.spec.saliency_channel and self.saliency_scale != 1.0:
+            x["saliency"] = x["saliency"] * self.saliency_scale
+        x = self.spec.combine(x)
+        return x - 0.5 if self.center else x
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
         # channels-last convs measured 1.3-1.5x faster on the CPU (oneDNN); flatten(1) still yields the
@@ -176,7 +199,11 @@ def make_encoder(
     *,
     num_layers: int = 11,
     num_filters: int = 32,
-    first_padding: int = 1,
+    first_padding: int = 0,
+    last_relu: bool = False,
+    center: bool = False,
+    saliency_scale: float = 1.0,
+    conv_init: str = "delta_orthogonal",
     module: nn.Module | None = None,
     out_dim: int | None = None,
     state_key: str = "state",
@@ -207,7 +234,9 @@ def make_encoder(
     image_size = _image_size(obs_shapes, spec.obs_keys)
 
     if name == "cnn":
-        return PixelCNN(variant, image_size, num_layers, num_filters, first_padding)
+        return PixelCNN(
+            variant, image_size, num_layers, num_filters, first_padding, last_relu, center, saliency_scale, conv_init
+        )
 
     if module is None:
         raise ConfigError("encoder 'frozen' needs a pretrained module (e.g. an exported MultiMAE encoder)")

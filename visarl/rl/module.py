@@ -280,6 +280,16 @@ class SACLoop(pl.LightningModule):
         """The env observation keys the policy depends on (through the frozen encoder, if there is one)."""
         return set(self.embedder.inputs if self.embedder is not None else self.agent.obs_keys)
 
+    def saliency_record(self) -> dict[str, str]:
+        """Where the saliency maps the policy reads came from: ``{"saliency": "none" | "picanet" | "oracle"}``
+        (and the PiCANet checkpoint). "oracle" is privileged simulator state; the report marks such runs."""
+        s = self.settings
+        source = s.saliency if "saliency" in self._policy_inputs() else "none"
+        record = {"saliency": source}
+        if source == "picanet":
+            record["saliency_ckpt"] = s.saliency_ckpt
+        return record
+
     def _observe(self, obs: dict[str, np.ndarray], for_policy: bool = False) -> dict[str, np.ndarray]:
         """Add what the loop derives from a frame: its online saliency map, then its frozen-encoder embedding.
 
@@ -429,6 +439,7 @@ class SACLoop(pl.LightningModule):
             run_dir / "eval.json",
             {
                 "task": self.settings.env.get("task"),
+                **self.saliency_record(),
                 "env_step": self.env_step,
                 "final": final,
                 "curve": self.eval_history,
@@ -479,6 +490,7 @@ class SACLoop(pl.LightningModule):
             "env_step": self.env_step,
             "num_updates": self.num_updates,
             "world_size": self.world_size,
+            **self.saliency_record(),
             "final_eval": self.eval_history[-1] if self.eval_history else None,
             "data_dir": str(self.settings.data_dir),
             "ranks": per_rank,

@@ -18,6 +18,9 @@ from torch.distributions import Normal
 LOG_2 = math.log(2.0)
 
 
+CONV_INITS = ("delta_orthogonal", "orthogonal")
+
+
 def weight_init(m: nn.Module) -> None:
     """Orthogonal weights, zero biases (SAC-AE / DrQ-v2); convs get the ReLU gain since ReLU follows them."""
     if isinstance(m, nn.Linear):
@@ -25,9 +28,32 @@ def weight_init(m: nn.Module) -> None:
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Conv2d):
-        nn.init.orthogonal_(m.weight, gain=nn.init.calculate_gain("relu"))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        conv_init(m, "orthogonal")
+
+
+@torch.no_grad()
+def conv_init(m: nn.Module, kind: str = "delta_orthogonal") -> None:
+    """Init a conv's weight [out, in, k, k] with the ReLU gain and zero its bias; other modules are left alone.
+
+    ``delta_orthogonal`` (Xiao et al. 2018, as SAC-AE's and the ViSaRL authors' ``weight_init``): zero everywhere
+    but the kernel's centre tap, which is an orthogonal [out, in] matrix, so each conv starts as an orthogonal
+    1x1 map. ``orthogonal``: the whole weight, flattened to [out, in * k * k], is orthogonal.
+    """
+    if not isinstance(m, nn.Conv2d):
+        return
+    gain = nn.init.calculate_gain("relu")
+    if kind == "delta_orthogonal":
+        kh, kw = m.weight.shape[-2:]
+        if kh != kw or kh % 2 == 0:
+            raise ValueError(f"delta-orthogonal init needs a square odd kernel, got {kh}x{kw}")
+        m.weight.zero_()
+        nn.init.orthogonal_(m.weight[:, :, kh // 2, kw // 2], gain)
+    elif kind == "orthogonal":
+        nn.init.orthogonal_(m.weight, gain=gain)
+    else:
+        raise ValueError(f"unknown conv init {kind!r}; known: {list(CONV_INITS)}")
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:

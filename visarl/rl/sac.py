@@ -2,7 +2,8 @@
 
 SAC with twin critics, target critics and a learned temperature (Haarnoja et al. 2018), arranged as in
 SAC-AE / DrQ for pixels: one encoder shared by actor and critics, trained by the critic loss only (the actor
-sees detached features), and a target copy of a trainable encoder inside the target critic.
+sees detached features). The ViSaRL authors' target critic reads the online encoder's features (no target
+encoder; the default here too); ``target_encoder=True`` adds SAC-AE's slow target copy of a trainable encoder.
 
 A LightningModule with manual optimization drives it either piece by piece (``encode``, ``critic_loss``,
 ``actor_and_alpha_loss``, ``soft_update_target``) or with one call per step::
@@ -85,6 +86,7 @@ class SACAgent(nn.Module):
         target_entropy: float | None = None,
         log_std_bounds: tuple[float, float] = (-10.0, 2.0),
         encoder_dtype: torch.dtype | None = None,
+        target_encoder: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -96,9 +98,11 @@ class SACAgent(nn.Module):
         self.actor = Actor(repr_dim, action_dim, feature_dim, hidden_dim, num_layers, log_std_bounds)
         self.critic = Critic(repr_dim, action_dim, feature_dim, hidden_dim, num_layers)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        # A learned encoder gets a slow target copy for the target critic (SAC-AE, DrQ); identity and frozen
-        # encoders are their own target.
-        self.encoder_target = copy.deepcopy(encoder).requires_grad_(False) if is_trainable(encoder) else None
+        # With ``target_encoder`` a learned encoder gets a slow target copy for the target critic (SAC-AE, DrQ);
+        # otherwise (the ViSaRL authors' code) and for identity and frozen encoders the online encoder serves both.
+        self.encoder_target = (
+            copy.deepcopy(encoder).requires_grad_(False) if target_encoder and is_trainable(encoder) else None
+        )
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
         # Autocast for the encoder alone (e.g. bf16): the convs are ~90% of a pixel update, while Q-values,
         # log-probs, losses and the optimizer stay fp32 (bf16 Q-values near 1000 would be +-4 apart).
@@ -123,7 +127,7 @@ class SACAgent(nn.Module):
     def td_target(self, batch: TransitionBatch) -> Tensor:
         """The soft TD target [B] (fp32) for ``batch``, with a freshly sampled next action."""
         # The policy picks a' from the online encoder's features (it was trained on those); the target
-        # critic scores it on the target encoder's features, as in SAC-AE / DrQ.
+        # critic scores it on the target encoder's features when there is one (SAC-AE / DrQ), else on the same.
         next_feat = self._run_encoder(self.encoder, batch.next_obs)
         if self.encoder_target is None:
             next_feat_target = next_feat

@@ -23,6 +23,7 @@ from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
 from visarl.launch import prepare_ddp_launch
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
+from visarl.rl.networks import CONV_INITS
 from visarl.rl.replay import safe_prefix
 from visarl.rl.sac import SACAgent
 from visarl.rl.saliency_source import SALIENCY_SOURCES
@@ -38,7 +39,7 @@ MOVING_CAMERAS = ("behindGripper", "gripperPOV")
 @dataclass
 class SACConfig:
     """SAC hyperparameters. The paper defers them to RAD [9] and SAC-AE [10]; the defaults are the ViSaRL
-    authors' settings as listed in issue 3 (Appendix F for the head sizes)."""
+    authors' settings (Appendix F for the head sizes). Each is traced in docs/fidelity.md."""
 
     batch_size: int = 128
     """Transitions per update (authors' setting; SAC-AE [10] uses 128 as well)."""
@@ -52,8 +53,11 @@ class SACConfig:
     """Discount factor gamma (authors' setting)."""
     tau: float = 0.005
     """Polyak rate of the target critics (authors' setting)."""
+    target_encoder: bool = False
+    """Give a trainable (CNN) encoder a Polyak-averaged target copy for the target critic (SAC-AE, DrQ). The authors'
+    code has none: its target critic reads the online encoder's features (docs/fidelity.md)."""
     encoder_tau: float | None = None
-    """Polyak rate of the target CNN encoder; None uses ``tau`` (the authors give one tau; SAC-AE uses 0.05)."""
+    """Polyak rate of the target CNN encoder (``target_encoder`` only); None uses ``tau`` (SAC-AE uses 0.05)."""
     actor_update_freq: int = 2
     """Update the actor and temperature every this many critic updates (authors' setting, as SAC-AE)."""
     target_update_freq: int = 2
@@ -67,7 +71,7 @@ class SACConfig:
     hidden_dim: int = 1024
     """Hidden units of each head's MLP layers (Appendix F)."""
     num_layers: int = 3
-    """Hidden layers of each head's MLP (Appendix F)."""
+    """Hidden layers of each head's MLP (Appendix F: 3; the authors' code has 2, see docs/fidelity.md)."""
     learning_starts: int = 1000
     """Env steps of uniformly random actions before the first update (authors' setting)."""
     initial_updates: int = 1000
@@ -140,7 +144,9 @@ class SACRunConfig(RunConfig):
     """Intra-op threads of torch during the run; 0 keeps torch's default. On a busy CPU, 1 thread is often faster
     for small networks (spinning OpenMP threads then compete with the env workers)."""
     saliency: str = "none"
-    """Where saliency maps for new frames come from: none, oracle (keypoints from the state), picanet."""
+    """Where saliency maps for new frames come from: none; picanet (the paper's method: the trained predictor, online);
+    oracle (PRIVILEGED: keypoints projected from the simulator state, for tests and ablations only). eval.json records
+    the source the policy read, and the report marks oracle runs with a dagger."""
     saliency_ckpt: str = ""
     """PiCANet checkpoint for ``saliency: picanet``."""
     saliency_sigma: float = 10.0
@@ -180,6 +186,18 @@ class RLConfig(SACRunConfig):
     """Conv layers of the CNN (Appendix F: 11)."""
     cnn_filters: int = 32
     """Filters per conv layer (Appendix F: 32)."""
+    cnn_padding: int = 0
+    """Padding of the first (stride-2) conv; the others have none. 0: Appendix F's "no padding" and the authors' code
+    (32x11x11 features at 64 px); 1 gives the 32x12x12 Appendix F also states (docs/fidelity.md)."""
+    cnn_last_relu: bool = False
+    """ReLU after the last conv (the authors' and SAC-AE's encoders have none)."""
+    cnn_center: bool = False
+    """Shift the CNN input from [0, 1] to [-0.5, 0.5] (DrQ-v2); the authors only divide by 255."""
+    cnn_init: str = "delta_orthogonal"
+    """Conv weight init: delta_orthogonal (the authors' and SAC-AE's) or orthogonal (the whole kernel)."""
+    saliency_scale: float = 1.0
+    """Factor on a saliency map that enters the CNN as a channel (variants saliency, rgbs): 1 keeps it in [0, 1] like
+    rgb; 0.00392156862745098 (1/255) restores the authors' double division by 255 (docs/fidelity.md)."""
     encoder_precision: str = "auto"
     """'bf16' autocasts the encoder alone (heads, losses, optimizer stay fp32); '32' keeps it fp32. 'auto' is bf16
     for the paper's CNN on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32 (see ``native_bf16``): on this
@@ -200,8 +218,11 @@ class RLConfig(SACRunConfig):
                 raise ConfigError(f"modalities: {bad} are not inputs of variant {self.variant!r}")
             choice("pooling", self.pooling, ["mean", "global"])
         choice("encoder_precision", self.encoder_precision, ["auto", "32", "bf16"])
-        if self.cnn_layers < 1 or self.cnn_filters < 1:
-            raise ConfigError("cnn_layers and cnn_filters must be >= 1")
+        if self.cnn_layers < 1 or self.cnn_filters < 1 or self.cnn_padding < 0:
+            raise ConfigError("cnn_layers and cnn_filters must be >= 1, cnn_padding >= 0")
+        choice("cnn_init", self.cnn_init, list(CONV_INITS))
+        if self.saliency_scale <= 0:
+            raise ConfigError(f"saliency_scale: must be positive, got {self.saliency_scale}")
         if self.needs_saliency and self.saliency == "none":
             raise ConfigError(
                 f"variant: {self.variant!r} reads saliency maps, but saliency: none; "
@@ -219,6 +240,16 @@ class RLConfig(SACRunConfig):
     @property
     def needs_saliency(self) -> bool:
         return "saliency" in self.obs_keys
+
+    def cnn_options(self) -> dict[str, Any]:
+        """The CNN's settings beyond depth and width, as :func:`make_encoder` keywords."""
+        return {
+            "first_padding": self.cnn_padding,
+            "last_relu": self.cnn_last_relu,
+            "center": self.cnn_center,
+            "saliency_scale": self.saliency_scale,
+            "conv_init": self.cnn_init,
+        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,13 +304,15 @@ def build_agent(
     pooling: str = "mean",
     cnn_layers: int = 11,
     cnn_filters: int = 32,
+    cnn_options: dict[str, Any] | None = None,
     encoder_precision: str = "32",
 ) -> tuple[SACAgent, FrameEmbedder | None]:
     """The SAC agent of a config (observation shapes from ``cfg.env``), and the frame embedder it reads.
 
     For ``encoder: mmae`` the frozen MultiMAE is not part of the agent: a :class:`FrameEmbedder` encodes each
     frame once, when it is observed, and the agent reads the stored embedding (observation key
-    ``embedder.key``). Every other encoder returns ``None`` as the embedder.
+    ``embedder.key``). Every other encoder returns ``None`` as the embedder. ``cnn_options`` are further keyword
+    arguments of :func:`make_encoder` for the CNN (``first_padding``, ``last_relu``, ``center``, ...).
     """
 
     if encoder_precision == "auto":
@@ -291,7 +324,9 @@ def build_agent(
     if encoder == "identity":
         enc = make_encoder("identity", "", shapes)
     elif encoder == "cnn":
-        enc = make_encoder("cnn", variant, shapes, num_layers=cnn_layers, num_filters=cnn_filters)
+        enc = make_encoder(
+            "cnn", variant, shapes, num_layers=cnn_layers, num_filters=cnn_filters, **(cnn_options or {})
+        )
     else:
         embedder = build_embedder(encoder_ckpt, variant, modalities, pooling, size)
         enc = IdentityEncoder(embedder.dim, key=embedder.key)
@@ -306,6 +341,7 @@ def build_agent(
         init_temperature=s.init_temperature,
         log_std_bounds=(s.log_std_min, s.log_std_max),
         encoder_dtype=torch.bfloat16 if encoder_precision == "bf16" and encoder == "cnn" else None,
+        target_encoder=s.target_encoder,
     )
     return agent, embedder
 
@@ -436,6 +472,7 @@ def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
         pooling=cfg.pooling,
         cnn_layers=cfg.cnn_layers,
         cnn_filters=cfg.cnn_filters,
+        cnn_options=cfg.cnn_options(),
         encoder_precision=cfg.encoder_precision,
     )
     if cfg.encoder == "cnn":

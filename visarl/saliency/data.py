@@ -91,6 +91,10 @@ class SaliencyDataModule(pl.LightningDataModule):
 
     ``num_train`` > 0 keeps only the first ``num_train`` training frames (in the split's order, itself a seeded
     shuffle) while the held-out frames stay the same: the annotation-count sweep of ViSaRL Table V.
+
+    ``select_fraction`` > 0 moves that share of the training frames into a selection set (seeded, after
+    ``num_train``), so a best checkpoint can be chosen on frames that are neither trained on nor reported.
+    ``validate_on`` picks what ``val_dataloader`` serves: "heldout" (the reported frames) or "select".
     """
 
     def __init__(
@@ -103,9 +107,14 @@ class SaliencyDataModule(pl.LightningDataModule):
         color_jitter: Sequence[float] = (0.2, 0.2, 0.2, 0.02),
         flip: bool = True,
         num_workers: int = 0,
+        select_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         self.path = Path(path)
+        self.select_fraction = select_fraction
+        self.validate_on = "select" if select_fraction > 0 else "heldout"
+        self.select_idx = np.zeros(0, dtype=np.int64)
+        self.select_set: AnnotatedFrames | None = None
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed
@@ -130,6 +139,13 @@ class SaliencyDataModule(pl.LightningDataModule):
             # The split's own seeded order, so a smaller set is a subset of a larger one.
             order = np.random.default_rng(self.seed + 1).permutation(train)
             train = np.sort(order[: self.num_train])
+        if self.select_fraction > 0:
+            if len(train) < 2:
+                raise ValueError(f"{self.path}: {len(train)} training frames cannot spare a selection set")
+            keep, pick = split_indices(len(train), self.select_fraction, self.seed + 2)
+            train, select = train[keep], train[pick]
+            self.select_idx = select
+            self.select_set = AnnotatedFrames(ann.frames[select], ann.maps[select])
         self.train_idx, self.val_idx = train, val
         self.train_set = AnnotatedFrames(ann.frames[train], ann.maps[train], True, self.color_jitter, self.flip)
         self.val_set = AnnotatedFrames(ann.frames[val], ann.maps[val])
@@ -146,6 +162,9 @@ class SaliencyDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
+        if self.validate_on == "select":
+            assert self.select_set is not None, "validate_on='select' needs select_fraction > 0"
+            return DataLoader(self.select_set, batch_size=self.batch_size, num_workers=0)
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=0)
 
 

@@ -546,10 +546,10 @@ def load_picanet(path: str | Path, map_location: str | torch.device = "cpu") -> 
         what = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise ValueError(f"{path}: not a visarl PiCANet weights file (format {what!r}, expected {WEIGHTS_FORMAT!r})")
     hparams = blob.get("hparams")
-    if isinstance(hparams, dict) and "global_cells" in hparams:
+    if isinstance(hparams, dict) and ("global_cells" in hparams or "decoder" not in hparams):
         raise ValueError(
-            f"{path}: PiCANet weights from an older visarl (six decoder cells, `global_cells`), which no decoder "
-            "of this version matches; retrain with `stage: saliency`"
+            f"{path}: PiCANet weights from an older visarl (six decoder cells, `global_cells`, no `decoder` entry), "
+            "which no decoder of this version matches; retrain with `stage: saliency`"
         )
     try:
         model = PiCANet(**blob["hparams"])

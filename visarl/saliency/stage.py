@@ -5,11 +5,13 @@
 
 Saliency: a Lightning fit of :class:`SaliencyModule` on :class:`SaliencyDataModule` (ViSaRL Table III; the
 split, augmentations and LR schedule are described there). The run directory gets TensorBoard events,
-``checkpoints/best-*.ckpt`` (best held-out max-F) and ``checkpoints/last.ckpt`` (``--resume`` continues from it),
-``picanet.pt`` (the best weights as a plain file: ``{"format": "visarl-picanet", "hparams", "state_dict"}``,
-read with ``torch.load(weights_only=True)``) and ``saliency.json`` (held-out metrics of the final and best
-weights). The weights are also copied to ``export_path`` (default ``data/<task>/picanet.pt``), where ``label``
-and the RL stage find them from the task alone.
+``checkpoints/last.ckpt`` (``--resume`` continues from it), ``picanet.pt`` (the selected weights as a plain
+file: ``{"format": "visarl-picanet", "hparams", "state_dict"}``, read with ``torch.load(weights_only=True)``) and
+``saliency.json`` (held-out metrics of the selected weights). ``selection: last`` (default) keeps the final
+weights, so the held-out F-measure is not chosen on the frames it is reported on; ``selection: validation`` keeps
+``checkpoints/best-*.ckpt``, the best max-F on a selection set carved from the training frames
+(``selection_fraction``), never on the held-out ones. The weights are also copied to ``export_path`` (default
+``data/<task>/picanet.pt``), where ``label`` and the RL stage find them from the task alone.
 
 Label: every shard of ``data_dir`` is read whole, its frames go through :class:`PiCANetSaliency` in batches,
 and the maps (uint8 ``[N, H, W]``, frame resolution) are added with :func:`visarl.data.shards.write_field`,
@@ -83,6 +85,11 @@ class SaliencyConfig(RunConfig):
     """Per-side loss: 'bce' (PiCANet) or 'mse'."""
     val_fraction: float = 0.2
     """Share of the annotated frames held out (paper: 20%); the split is fixed by the seed."""
+    selection: str = "last"
+    """Which weights are exported and reported: 'last' (the final epoch's; the authors save the final model too) or
+    'validation' (the best max-F on a selection set taken from the training frames, never the held-out ones)."""
+    selection_fraction: float = 0.2
+    """Share of the training frames moved into the selection set when ``selection: validation``."""
     num_train: int = 0
     """Use only this many training frames (0 = all); the held-out frames stay the same (Table V sweep)."""
     color_jitter: list[float] = field(default_factory=lambda: [0.2, 0.2, 0.2, 0.02])
@@ -104,6 +111,9 @@ class SaliencyConfig(RunConfig):
         for key in ("epochs", "batch_size", "val_every", "fc6_dilation", "local_hidden"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        choice("selection", self.selection, ["last", "validation"])
+        if self.selection == "validation" and not 0 < self.selection_fraction < 1:
+            raise ConfigError(f"selection_fraction: must be in (0, 1), got {self.selection_fraction}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
         if len(self.color_jitter) != 4 or min(self.color_jitter) < 0:
@@ -140,7 +150,7 @@ class SaliencyConfig(RunConfig):
 
 @register_stage("saliency", SaliencyConfig)
 def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
-    """Fit PiCANet, keep the best checkpoint by held-out max-F, export ``picanet.pt``; returns the metrics."""
+    """Fit PiCANet, select its weights (``selection``), export ``picanet.pt``; returns the held-out metrics."""
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -164,6 +174,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         color_jitter=cfg.color_jitter,
         flip=cfg.flip,
         num_workers=cfg.num_workers,
+        select_fraction=cfg.selection_fraction if cfg.selection == "validation" else 0.0,
     )
     try:
         dm.setup()
@@ -186,9 +197,15 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         num_images=cfg.num_images,
     )
     ckpt_dir = ctx.run_dir / "checkpoints"
-    best_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best-{epoch:04d}", monitor="val/f_max", mode="max", save_top_k=1
-    )
+    # With selection: validation, the validation epochs run on the selection frames and the best of them is kept;
+    # with selection: last, they run on the held-out frames for the learning curves only.
+    callbacks: list[Any] = []
+    best_cb = None
+    if cfg.selection == "validation":
+        best_cb = ModelCheckpoint(
+            dirpath=ckpt_dir, filename="best-{epoch:04d}", monitor="val/f_max", mode="max", save_top_k=1
+        )
+        callbacks.append(best_cb)
     # Lightning 2.6's save_last=True writes last.ckpt only when a top-k checkpoint was just saved (i.e. at a new
     # best), which would make --resume go back to the best epoch; this second callback rewrites last.ckpt every
     # `val_every` epochs whatever the score.
@@ -214,7 +231,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         check_val_every_n_epoch=cfg.val_every,
         num_sanity_val_steps=0,
         logger=TensorBoardLogger(save_dir=str(ctx.run_dir), name="", version=""),
-        callbacks=[best_cb, last_cb],
+        callbacks=[*callbacks, last_cb],
         default_root_dir=str(ctx.run_dir),
         enable_model_summary=False,
     )
@@ -228,9 +245,10 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     train_s = time.perf_counter() - t0
     trainer.save_checkpoint(last, weights_only=False)  # the final state too, when epochs % val_every != 0
 
-    # Held-out metrics of the final weights, then of the best checkpoint (chosen on these same frames: optimistic).
+    # Held-out metrics of the final weights, then of the selected ones: never chosen on the held-out frames.
+    dm.validate_on = "heldout"
     final = _validate(trainer, module, dm)
-    best_path = best_cb.best_model_path
+    best_path = best_cb.best_model_path if best_cb is not None else ""
     if best_path:
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
@@ -241,12 +259,14 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "annotations": str(ann_path),
         "train_frames": len(dm.train_idx),
+        "selection_frames": len(dm.select_idx),
         "heldout_frames": len(dm.val_idx),
+        "selection": cfg.selection,
         "input_size": cfg.input_size,
         "epochs": cfg.epochs,
         "train_seconds": train_s,
         "final": final,
-        "best": best,
+        "best": best,  # the selected weights' held-out metrics (= final with selection: last)
         "best_checkpoint": best_path,
         "weights": str(weights) if weights else "",
     }
@@ -262,7 +282,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         f, b = final, best
         print(
             f"saliency: held-out F(max/adaptive) {f['f_max']:.3f}/{f['f_adaptive']:.3f}, MAE {f['mae']:.4f} (final); "
-            f"{b['f_max']:.3f}/{b['f_adaptive']:.3f}, {b['mae']:.4f} (best) -> {weights}"
+            f"{b['f_max']:.3f}/{b['f_adaptive']:.3f}, {b['mae']:.4f} (selected: {cfg.selection}) -> {weights}"
         )
     return summary
 
