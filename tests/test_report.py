@@ -122,6 +122,7 @@ def test_publish_writes_json_table_and_figure_from_the_runs(fake_runs, tmp_path)
     assert f"| CNN RGB | {m:.2f} ± {s:.2f} |" in md and "python -m visarl.fit --config X" in md
     assert doc["commit"] in md and (out / "demo.png").stat().st_size > 5000
 
+
 def test_oracle_runs_are_their_own_marked_row(tmp_path):
     root = tmp_path / "runs"
     for seed, final in enumerate([0.5, 0.7]):

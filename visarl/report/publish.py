@@ -31,6 +31,7 @@ from visarl.report.tables import aggregate_curves, mean_std
 
 def checkout_commit(path: Path) -> str:
     """The commit of the git checkout holding ``path``, with ``+local changes`` when its tracked files differ."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=True).stdout
 
@@ -140,7 +141,7 @@ def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = ""
         "",
         f"- command: `{command}`",
         f"- commit: `{commit}`",
-        f"- published with: `python -m visarl.report.publish --cells {cells} --name {name} --command \"...\"`",
+        f'- published with: `python -m visarl.report.publish --cells {cells} --name {name} --command "..."`',
         "",
     ]
     for task in tasks:
