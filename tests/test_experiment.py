@@ -68,3 +68,22 @@ def test_params_fill_method_placeholders(tmp_path, capsys):
         run(conf, [f"output_dir={tmp_path}/runs2"])
     with pytest.raises(ConfigError, match="params"):
         run(conf, [f"output_dir={tmp_path}/runs3", "params.seed=3"])
+
+
+def test_cells_run_seed_by_seed():
+    """A matrix cut short must hold whole seeds (every method and task), not every seed of the first methods."""
+    from visarl.config import build
+    from visarl.experiment import ExperimentConfig, cells
+
+    cfg = build(
+        ExperimentConfig,
+        {
+            "stage": "experiment",
+            "tasks": ["reach", "door-open"],
+            "seeds": [0, 1],
+            "methods": [{"name": "a", "config": "x.yaml"}, {"name": "b", "config": "y.yaml"}],
+        },
+    )
+    order = [(c.seed, c.task, c.method.name) for c in cells(cfg)]
+    assert order[:4] == [(0, "reach", "a"), (0, "reach", "b"), (0, "door-open", "a"), (0, "door-open", "b")]
+    assert len(order) == 8 and len(set(order)) == 8

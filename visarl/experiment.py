@@ -100,9 +100,10 @@ class Cell:
 
 
 def cells(cfg: ExperimentConfig) -> list[Cell]:
+    """Every cell, seed by seed: a matrix cut short holds the same seeds of every method and task."""
     root = Path(cfg.root)
     return [
-        Cell(m, t, s, root / f"{m.name}-{t}" / f"seed{s}") for m in cfg.methods for t in cfg.tasks for s in cfg.seeds
+        Cell(m, t, s, root / f"{m.name}-{t}" / f"seed{s}") for s in cfg.seeds for t in cfg.tasks for m in cfg.methods
     ]
 
 
