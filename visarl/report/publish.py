@@ -111,7 +111,7 @@ def write_figure(results: list[RunResult], path: Path) -> None:
     plt.close(fig)
 
 
-def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = "") -> dict:
+def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = "", notes: str = "") -> dict:
     """Write ``<name>.json``, ``<name>.png`` and ``<name>.md`` under ``out_dir``; returns the JSON."""
     results = [r for r in collect_results([cells]) if r.final_success is not None or len(r.steps)]
     if not results:
@@ -158,6 +158,8 @@ def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = ""
             lines.append(f"| {method} | {_fmt(v['final'])} | {_fmt(v['best'])} | {per_seed} | {steps} |")
         lines.append("")
     lines += ["## Figure 3 at this scale", "", f"![success curves]({name}.png)", ""]
+    if notes:  # the reading of the numbers, written by people; the numbers above stay generated
+        lines += [notes.rstrip(), ""]
     (out_dir / f"{name}.md").write_text("\n".join(lines))
     return doc
 
@@ -169,8 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--command", required=True, help="the exact command that produced the runs")
     parser.add_argument("--title", default="")
+    parser.add_argument("--notes", type=Path, help="markdown appended after the figure (what the numbers show)")
     args = parser.parse_args(argv)
-    doc = publish(args.cells, args.out, args.name, args.command, args.title)
+    notes = args.notes.read_text() if args.notes else ""
+    doc = publish(args.cells, args.out, args.name, args.command, args.title, notes)
     print(json.dumps({k: doc[k] for k in ("task", "env_steps", "methods", "commit")}, indent=1))
 
 
