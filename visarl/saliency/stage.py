@@ -21,7 +21,6 @@ shard fully labelled or untouched. A rerun skips shards that already have the fi
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,14 @@ from typing import Any
 import numpy as np
 
 from visarl.config import ConfigError, RunConfig, choice
-from visarl.launch import prepare_ddp_launch
+from visarl.core.io import atomic_copy, atomic_write_json
+from visarl.core.runtime import (
+    build_trainer,
+    checkpoint_callbacks,
+    last_checkpoint,
+    quiet_lightning,
+    resume_checkpoint,
+)
 from visarl.registry import RunContext, register_stage
 from visarl.saliency.data import default_annotations, default_weights
 from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, side_strides
@@ -141,10 +147,7 @@ class SaliencyConfig(RunConfig):
 @register_stage("saliency", SaliencyConfig)
 def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     """Fit PiCANet, keep the best checkpoint by held-out max-F, export ``picanet.pt``; returns the metrics."""
-    import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from visarl.saliency.data import SaliencyDataModule
     from visarl.saliency.module import SaliencyModule
@@ -185,58 +188,34 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         loss=cfg.loss,
         num_images=cfg.num_images,
     )
-    ckpt_dir = ctx.run_dir / "checkpoints"
-    best_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best-{epoch:04d}", monitor="val/f_max", mode="max", save_top_k=1
+    last_cb, best_cb = checkpoint_callbacks(
+        ctx.run_dir, every_n_epochs=cfg.val_every, monitor="val/f_max", mode="max", best_filename="best-{epoch:04d}"
     )
-    # Lightning 2.6's save_last=True writes last.ckpt only when a top-k checkpoint was just saved (i.e. at a new
-    # best), which would make --resume go back to the best epoch; this second callback rewrites last.ckpt every
-    # `val_every` epochs whatever the score.
-    last_cb = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="last",
-        save_top_k=1,
-        every_n_epochs=cfg.val_every,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
-    t = cfg.trainer
-    trainer = pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
+    trainer = build_trainer(
+        cfg.trainer,
+        ctx.run_dir,
+        callbacks=[best_cb, last_cb],
         max_epochs=cfg.epochs,
-        max_steps=t.max_steps,
-        log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar,
         check_val_every_n_epoch=cfg.val_every,
         num_sanity_val_steps=0,
-        logger=TensorBoardLogger(save_dir=str(ctx.run_dir), name="", version=""),
-        callbacks=[best_cb, last_cb],
-        default_root_dir=str(ctx.run_dir),
-        enable_model_summary=False,
     )
-    prepare_ddp_launch(trainer, ctx.run_dir)
-    last = ckpt_dir / "last.ckpt"
-    resume_from = str(last) if ctx.resume and last.is_file() else None
-    if ctx.resume and resume_from is None:
-        print(f"saliency: --resume but no {last}; training from the start")
+    resume_from = resume_checkpoint(ctx.run_dir, ctx.resume, "saliency")
+    last = last_checkpoint(ctx.run_dir)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
-    train_s = time.perf_counter() - t0
-    trainer.save_checkpoint(last, weights_only=False)  # the final state too, when epochs % val_every != 0
+    with quiet_lightning():
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+        train_s = time.perf_counter() - t0
+        trainer.save_checkpoint(last, weights_only=False)  # the final state too, when epochs % val_every != 0
 
-    # Held-out metrics of the final weights, then of the best checkpoint (chosen on these same frames: optimistic).
-    final = _validate(trainer, module, dm)
-    best_path = best_cb.best_model_path
-    if best_path:
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-        best = _validate(trainer, module, dm)
-    else:
-        best = final
+        # Held-out metrics of the final weights, then of the best checkpoint (chosen on these same frames: optimistic).
+        final = _validate(trainer, module, dm)
+        best_path = best_cb.best_model_path
+        if best_path:
+            state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+            best = _validate(trainer, module, dm)
+        else:
+            best = final
     weights = save_picanet(module.net, ctx.run_dir / "picanet.pt") if trainer.is_global_zero else None
     summary: dict[str, Any] = {
         "annotations": str(ann_path),
@@ -252,10 +231,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     }
     if weights is not None and cfg.export_path != "none":
         export = Path(cfg.export_path) if cfg.export_path else default_weights(cfg.task)
-        export.parent.mkdir(parents=True, exist_ok=True)
-        tmp = export.with_name(f".{export.name}.tmp")
-        shutil.copyfile(weights, tmp)
-        tmp.replace(export)
+        atomic_copy(weights, export)
         summary["export_path"] = str(export)
     if trainer.is_global_zero:
         (ctx.run_dir / "saliency.json").write_text(json.dumps(summary, indent=2))
@@ -359,9 +335,7 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
             write_field(path, cfg.field_name, maps, overwrite=cfg.overwrite)  # atomic: copy, add, rename
             done_rows += n_rows
             finished.add(path.name)
-            tmp = state_file.with_name(state_file.name + ".tmp")
-            tmp.write_text(json.dumps({"finished": sorted(finished)}))
-            tmp.replace(state_file)
+            atomic_write_json(state_file, {"finished": sorted(finished)}, indent=None)
             tb.add_scalar("label/fps", done_rows / max(time.perf_counter() - t0, 1e-9), done_rows)
     finally:
         bar.close()
