@@ -144,7 +144,16 @@ class SaliencyConfig(RunConfig):
         }
 
 
-@register_stage("saliency", SaliencyConfig)
+def check_saliency(cfg: SaliencyConfig) -> None:
+    """The annotations must exist before the run directory is created."""
+    ann_path = Path(cfg.annotations) if cfg.annotations else default_annotations(cfg.task)
+    if not ann_path.is_file():
+        raise ConfigError(
+            f"annotations: {ann_path} does not exist; run `stage: annotate` for task {cfg.task!r} or set annotations="
+        )
+
+
+@register_stage("saliency", SaliencyConfig, check=check_saliency)
 def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     """Fit PiCANet, keep the best checkpoint by held-out max-F, export ``picanet.pt``; returns the metrics."""
     import torch
@@ -153,11 +162,8 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     from visarl.saliency.module import SaliencyModule
     from visarl.saliency.picanet import PiCANet, save_picanet
 
+    check_saliency(cfg)
     ann_path = Path(cfg.annotations) if cfg.annotations else default_annotations(cfg.task)
-    if not ann_path.is_file():
-        raise ConfigError(
-            f"annotations: {ann_path} does not exist; run `stage: annotate` for task {cfg.task!r} or set annotations="
-        )
     dm = SaliencyDataModule(
         ann_path,
         batch_size=cfg.batch_size,
@@ -273,25 +279,52 @@ class LabelConfig(RunConfig):
         if not self.field_name.isidentifier():
             raise ConfigError(f"field_name: {self.field_name!r} is not a plain dataset name")
 
+    def trainer_fields(self) -> frozenset[str]:
+        """Labelling builds no Trainer: it reads the device, the precision and whether to show a progress bar."""
+        return frozenset({"accelerator", "precision", "enable_progress_bar"})
 
-@register_stage("label", LabelConfig)
+
+def _label_inputs(cfg: LabelConfig) -> tuple[Path, list[Path], Path]:
+    """The shard directory, its shards (each opened and validated) and the PiCANet weights; ConfigError if any is
+    missing or unreadable."""
+    from visarl.data.collect import default_data_dir
+    from visarl.data.shards import ShardError, list_shards
+
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
+    try:
+        shards = list_shards(data_dir)
+    except ShardError as e:  # a truncated or foreign .h5 among the shards; the message names it
+        raise ConfigError(f"data_dir: {e}") from e
+    if not shards:
+        raise ConfigError(f"data_dir: no shards in {data_dir}; run `stage: collect` first or set data_dir=")
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_weights(cfg.task)
+    if not ckpt.is_file():
+        raise ConfigError(f"checkpoint: {ckpt} does not exist; run `stage: saliency` first or set checkpoint=")
+    return data_dir, shards, ckpt
+
+
+def check_label(cfg: LabelConfig) -> None:
+    """Shards and weights, checked before the run directory is created."""
+    from visarl.saliency.picanet import load_picanet
+
+    _, _, ckpt = _label_inputs(cfg)
+    try:
+        load_picanet(ckpt)
+    except ValueError as e:
+        raise ConfigError(f"checkpoint: {e}") from e
+
+
+@register_stage("label", LabelConfig, check=check_label)
 def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
     """Label every shard of ``data_dir``; returns counts and throughput."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from visarl.data.collect import default_data_dir
-    from visarl.data.shards import ShardReader, list_shards, write_field
+    from visarl.data.shards import ShardError, ShardReader, write_field
     from visarl.saliency.online import PiCANetSaliency, resolve_device
 
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
-    shards = list_shards(data_dir)
-    if not shards:
-        raise ConfigError(f"data_dir: no shards in {data_dir}; run `stage: collect` first or set data_dir=")
-    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_weights(cfg.task)
-    if not ckpt.is_file():
-        raise ConfigError(f"checkpoint: {ckpt} does not exist; run `stage: saliency` first or set checkpoint=")
+    data_dir, shards, ckpt = _label_inputs(cfg)
     device = resolve_device(cfg.trainer.accelerator)
     try:
         source = PiCANetSaliency.from_checkpoint(ckpt, device=device, precision=cfg.trainer.precision)
@@ -317,12 +350,22 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
     tb = SummaryWriter(str(ctx.run_dir))
     done_rows, t_infer = 0, 0.0
     t0 = time.perf_counter()
-    bar = tqdm(total=total_rows, desc=f"label {cfg.task}", unit="frame", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_rows,
+        desc=f"label {cfg.task}",
+        unit="frame",
+        dynamic_ncols=True,
+        disable=not cfg.trainer.enable_progress_bar,
+    )
     try:
         for path, _, n_rows in todo:
             reader = ShardReader(path)
-            rgb = reader.read("rgb")  # [N, H, W, 3] uint8; every row, continuation duplicates included
-            reader.close()
+            try:
+                rgb = reader.read("rgb")  # [N, H, W, 3] uint8; every row, continuation duplicates included
+            except ShardError as e:  # damaged inside a dataset: found only when read
+                raise ConfigError(f"data_dir: {e}") from e
+            finally:
+                reader.close()
             maps = np.empty(rgb.shape[:3], dtype=np.uint8)
             for start in range(0, n_rows, cfg.batch_size):
                 chunk = torch.from_numpy(rgb[start : start + cfg.batch_size]).permute(0, 3, 1, 2)
