@@ -123,6 +123,21 @@ def test_build_trainer_is_quiet(tmp_path, capsys, caplog):
     assert "Total params" not in text  # no model-summary table
 
 
+def test_progress_bars_appear_with_their_total(tmp_path, capfd):
+    trainer = build_trainer(
+        TrainerConfig(accelerator="cpu", max_epochs=2, enable_progress_bar=True),
+        tmp_path,
+        callbacks=checkpoint_callbacks(tmp_path),
+    )
+    with quiet_lightning():
+        trainer.fit(RisingVal(), _loader(), _loader())
+        trainer.validate(RisingVal(), _loader(), verbose=False)
+    out = capfd.readouterr()
+    text = (out.out + out.err).replace("\r", "\n")
+    assert "Epoch 1: 100%" in text and "2/2" in text and "Sanity Checking DataLoader 0" in text
+    assert "0/?" not in text  # Lightning's stock bar draws each bar once before it knows its length
+
+
 def test_quiet_lightning_keeps_other_warnings():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -127,17 +127,19 @@ def test_label_with_a_foreign_checkpoint_exits_2_and_leaves_nothing(tmp_path, ca
         ("conf/quickstart.yaml", ["trainer.devices=4"]),
         ("conf/experiment/table1.yaml", ["trainer.accelerator=gpu"]),
         ("conf/collect/random_tiny.yaml", ["trainer.devices=4"]),
+        ("conf/collect/random_tiny.yaml", ["trainer.precision=bf16-mixed"]),
         ("conf/label/tiny.yaml", ["trainer.devices=2"]),
     ],
 )
 def test_trainer_keys_a_stage_does_not_read_are_refused(config, overrides):
-    with pytest.raises(ConfigError, match=r"trainer\.(devices|accelerator): stage .* does not use it"):
+    with pytest.raises(ConfigError, match=r"trainer\.(devices|accelerator|precision): stage .* does not use it"):
         resolve(config, None, overrides)
 
 
 def test_trainer_keys_a_stage_reads_are_accepted():
     resolve("conf/label/tiny.yaml", None, ["trainer.accelerator=cpu", "trainer.precision=bf16-mixed"])
     resolve("conf/collect/sac_tiny.yaml", None, ["trainer.devices=2"])
+    resolve("conf/collect/random_tiny.yaml", None, ["trainer.enable_progress_bar=false"])
     resolve("conf/rl/tiny.yaml", None, ["trainer.devices=2"])
 
 

@@ -1,7 +1,8 @@
 """The stage runtime: one way for every stage that trains to build its Trainer, keep its checkpoints and resume.
 
 - :func:`build_trainer` turns ``cfg.trainer`` into a ``lightning.Trainer`` logging to TensorBoard in the run
-  directory, without Lightning's advertising tip or the model-summary table.
+  directory, without Lightning's advertising tip or the model-summary table, and with a progress bar that is drawn
+  only once its total is known (:func:`progress_bar`).
 - :func:`checkpoint_callbacks` keeps ``checkpoints/last.ckpt`` always at the latest state and, when the stage
   monitors a metric, the best checkpoint beside it. ``ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)``
   is not used: with Lightning 2.6 it rewrites ``last.ckpt`` only when a new best is saved, so after a validation
@@ -149,6 +150,65 @@ def resume_checkpoint(run_dir: Path, resume: bool, stage: str) -> Path | None:
     return last
 
 
+def _is_progress_bar(callback: Any) -> bool:
+    from lightning.pytorch.callbacks import ProgressBar
+
+    return isinstance(callback, ProgressBar)
+
+
+def progress_bar(refresh_rate: int = 1) -> Any:
+    """Lightning's tqdm progress bar, except that a bar appears only once its total is known: Lightning draws
+    each bar at creation as ``0/?`` and sets its length a moment later, which a log file keeps as a line."""
+    import sys
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    class _Tqdm(Tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._hold = False
+            super().__init__(*args, delay=1.0, **kwargs)  # tqdm skips its first draw when delay > 0
+            self.delay = 0.0  # from here on, draws as usual (and close() clears)
+
+        def reset(self, total: float | None = None) -> None:
+            # Lightning calls reset() and sets the total just after: do not draw a bar without one
+            self._hold = total is None and self.total is None
+            try:
+                super().reset(total)
+            finally:
+                self._hold = False
+
+        def refresh(self, *args: Any, **kwargs: Any) -> Any:
+            return None if self._hold else super().refresh(*args, **kwargs)
+
+    class _Bar(TQDMProgressBar):
+        def _tqdm(self, desc: str, position: int, leave: bool, smoothing: float = 0.3) -> Tqdm:
+            return _Tqdm(
+                desc=desc,
+                position=position,
+                disable=self.is_disabled,
+                leave=leave,
+                dynamic_ncols=True,
+                file=sys.stdout,
+                smoothing=smoothing,
+                bar_format=self.BAR_FORMAT,
+            )
+
+        def init_sanity_tqdm(self) -> Tqdm:
+            return self._tqdm(self.sanity_check_description, 2 * self.process_position, leave=False)
+
+        def init_train_tqdm(self) -> Tqdm:
+            return self._tqdm(self.train_description, 2 * self.process_position, leave=True, smoothing=0)
+
+        def init_validation_tqdm(self) -> Tqdm:
+            has_main_bar = self.trainer.state.fn != "validate"  # no training bar in trainer.validate()
+            return self._tqdm(
+                self.validation_description, 2 * self.process_position + has_main_bar, leave=not has_main_bar
+            )
+
+    return _Bar(refresh_rate=refresh_rate)
+
+
 def build_trainer(
     trainer_cfg: TrainerConfig,
     run_dir: Path,
@@ -183,6 +243,8 @@ def build_trainer(
         "logger": TensorBoardLogger(str(run_dir), name="", version="", **(logger or {})),
     }
     kwargs.update(overrides)
+    if kwargs["enable_progress_bar"] and not any(_is_progress_bar(cb) for cb in kwargs["callbacks"]):
+        kwargs["callbacks"].append(progress_bar())
     with quiet_lightning():
         trainer = pl.Trainer(**kwargs)
     prepare_ddp_launch(trainer, Path(run_dir))

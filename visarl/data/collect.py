@@ -54,8 +54,8 @@ class CollectConfig(SACRunConfig):
             )
 
     def trainer_fields(self) -> frozenset[str] | None:
-        """Only ``policy: sac_state`` builds a Trainer."""
-        return None if self.policy == "sac_state" else frozenset()
+        """Only ``policy: sac_state`` builds a Trainer; the others read only whether to show a progress bar."""
+        return None if self.policy == "sac_state" else frozenset({"enable_progress_bar"})
 
 
 def default_data_dir(task: str) -> Path:
@@ -101,7 +101,13 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     successes: list[float] = []
     steps = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=remaining, desc=f"collect {cfg.env.task}", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=remaining,
+        desc=f"collect {cfg.env.task}",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not cfg.trainer.enable_progress_bar,
+    )
     try:
         while steps < remaining:
             before = steps
