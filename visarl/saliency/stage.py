@@ -240,7 +240,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         atomic_copy(weights, export)
         summary["export_path"] = str(export)
     if trainer.is_global_zero:
-        (ctx.run_dir / "saliency.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(ctx.run_dir / "saliency.json", summary)
         f, b = final, best
         print(
             f"saliency: held-out F(max/adaptive) {f['f_max']:.3f}/{f['f_adaptive']:.3f}, MAE {f['mae']:.4f} (final); "
@@ -395,6 +395,6 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
         "fps": done_rows / elapsed if elapsed > 0 else 0.0,
         "inference_fps": done_rows / t_infer if t_infer > 0 else 0.0,
     }
-    (ctx.run_dir / "label.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(ctx.run_dir / "label.json", summary)
     print(f"label: {done_rows} frames in {len(todo)} shards, {summary['fps']:.1f} frames/s ({len(skipped)} skipped)")
     return summary
