@@ -145,6 +145,33 @@ def test_resume_continues_the_epoch_count(main_run, data):
     np.testing.assert_allclose([lr[i] for i in resumed], expect[4 * per_epoch :], rtol=1e-5)
 
 
+def test_resume_after_a_plateau_continues_from_the_last_epoch(data):
+    # A learning rate far below float32 resolution and validation masks fixed across epochs: val/loss is the same
+    # every epoch, so only epoch 0 is ever a best. last.ckpt must still follow the last epoch, or --resume would
+    # redo epochs 1 and 2.
+    zero = ["optim.base_lr=1e-30", "optim.warmup_lr=0", "optim.min_lr=0", "log_images_every_n_epochs=0"]
+    first, run_dir = tiny_run(data, "plateau", "trainer.max_epochs=3", *zero)
+    val = scalars(run_dir)["val/loss"]
+    assert len(set(val.values())) == 1, val  # the plateau this test is about
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 2
+    assert [p.name for p in (run_dir / "checkpoints").glob("best-*")] == ["best-epoch000.ckpt"]
+    summary = visarl.fit.run(resume=str(run_dir), overrides=["trainer.max_epochs=4"])
+    per_epoch = first["schedule"]["steps_per_epoch"]
+    assert summary["start_epoch"] == 3 and summary["start_step"] == 3 * per_epoch
+    assert summary["epochs_completed"] == 4
+
+
+def test_resume_from_a_corrupt_checkpoint_is_a_clean_error(main_run, tmp_path, capsys):
+    _, run_dir = main_run
+    copy = tmp_path / "corrupt"
+    shutil.copytree(run_dir, copy)
+    last = copy / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    assert visarl.fit.main(["--resume", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert str(last) in err and "Traceback" not in err
+
+
 def test_rgb_only_baseline_needs_no_saliency(data):
     summary, run_dir = tiny_run(
         {**data, "labelled": data["raw"]}, "rgb_only", "modalities=[rgb]", "trainer.max_epochs=1"

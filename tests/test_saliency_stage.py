@@ -225,7 +225,7 @@ def test_selection_on_validation_never_uses_the_heldout_frames(annotations, tmp_
     scalars, _ = _scalars(run_dir)
     selection_scores = scalars["val/f_max"][:2]
     callbacks = torch.load(best[0], weights_only=False)["callbacks"]
-    ckpt_score = next(float(v["best_model_score"]) for k, v in callbacks.items() if "ModelCheckpoint" in k)
+    ckpt_score = next(float(v["best_model_score"]) for k, v in callbacks.items() if "'monitor': 'val/f_max'" in k)
     assert ckpt_score == pytest.approx(max(selection_scores), abs=1e-6)
 
     from visarl.saliency.data import SaliencyDataModule

@@ -80,6 +80,25 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Lightning Trainer settings."""
 
+    def trainer_fields(self) -> frozenset[str] | None:
+        """The ``trainer.*`` fields this stage reads: None for all (it builds a Lightning Trainer). Setting any
+        other is a config error (:func:`check_trainer_use`), so ``trainer.devices=4`` never silently does nothing."""
+        return None
+
+
+def check_trainer_use(cfg: RunConfig) -> None:
+    """Refuse ``trainer.*`` values, other than the defaults, that ``cfg``'s stage does not read."""
+    used = cfg.trainer_fields()
+    if used is None:
+        return
+    default = TrainerConfig()
+    for f in dataclasses.fields(TrainerConfig):
+        if f.name not in used and getattr(cfg.trainer, f.name) != getattr(default, f.name):
+            reads = f"it reads only {', '.join('trainer.' + k for k in sorted(used))}" if used else "it reads none"
+            raise ConfigError(
+                f"trainer.{f.name}: stage {cfg.stage!r} does not use it ({reads}); remove it from the config"
+            )
+
 
 # --------------------------------------------------------------------------------------------------
 # validation
@@ -109,7 +128,11 @@ def _check_value(path: str, value: Any, tp: Any) -> None:
                 return
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(f"{path}: {value!r} is not a valid {_type_name(tp)}")
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1 and (dataclasses.is_dataclass(real[0]) or typing.get_origin(real[0]) in (list, tuple, dict)):
+            raise errors[0]  # `Section | None`, `list[X] | None`: the inner message names the nested key or item
+        reasons = f" ({'; '.join(str(e) for e in errors)})" if len(errors) > 1 else ""
+        raise ConfigError(f"{path}: {value!r} is not a valid {_type_name(tp)}{reasons}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")

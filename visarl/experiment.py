@@ -55,6 +55,10 @@ class ExperimentConfig(RunConfig):
     print_only: bool = False
     """Print one command line per remaining cell instead of running them."""
 
+    def trainer_fields(self) -> frozenset[str]:
+        """The experiment builds no Trainer: give ``trainer.*`` in ``overrides`` for the cells."""
+        return frozenset()
+
     def __post_init__(self) -> None:
         if not self.methods:
             raise ConfigError("methods: an experiment needs at least one method")

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from visarl.config import ConfigError, RunConfig, build, load_yaml, parse_overrides, to_yaml
+from visarl.config import ConfigError, RunConfig, build, check_trainer_use, load_yaml, parse_overrides, to_yaml
+from visarl.core.io import atomic_write_text
 from visarl.launch import external_rank, wait_for_run
-from visarl.registry import RunContext, get_stage, known_stages
+from visarl.registry import RunContext, describe_stages, get_stage, known_stages
 
 
 def seed_everything(seed: int) -> None:
@@ -64,6 +65,7 @@ def resolve(
         if "stage" in extra and extra["stage"] != stage_name:
             raise ConfigError(f"--resume {run_dir}: cannot change stage from {stage_name!r} to {extra['stage']!r}")
         cfg = build(get_stage(stage_name).schema, raw, extra)
+        check_trainer_use(cfg)
         return cfg, run_dir, True
     if config is None:
         raise ConfigError("give --config FILE (or --resume RUN_DIR)")
@@ -71,6 +73,7 @@ def resolve(
     stage_name = str(extra.get("stage") or _stage_of(raw, config))
     schema = get_stage(stage_name).schema
     cfg = build(schema, raw, extra)
+    check_trainer_use(cfg)
     cfg.name = cfg.name or Path(config).stem
     if named_run and not cfg.run:
         raise ConfigError(
@@ -91,23 +94,27 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
     rank = external_rank()
     cfg, run_dir, resuming = resolve(config, resume, list(overrides or []), named_run=rank is not None)
     writer = rank in (None, 0)  # rank 0 writes config.yaml; other ranks of an outside launch only read the run
+    stage = get_stage(cfg.stage)
+    if writer and not resuming and (run_dir / "config.yaml").exists():
+        raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another run=")
+    if stage.check is not None:
+        stage.check(cfg)  # the stage's input files, before anything is written
     if not writer and not resuming:
         wait_for_run(run_dir, started)
+    created = [d for d in (run_dir.parent, run_dir) if not d.exists()] if writer and not resuming else []
     if writer and not resuming:
-        if (run_dir / "config.yaml").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} or another run=")
         run_dir.mkdir(parents=True, exist_ok=True)
     if writer:
-        tmp = run_dir / "config.yaml.tmp"
-        tmp.write_text(to_yaml(cfg))
-        os.replace(tmp, run_dir / "config.yaml")
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     seed_everything(cfg.seed)
     try:
-        return get_stage(cfg.stage).runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
+        return stage.runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
     except ConfigError:
         # A runner that rejects its input before writing anything leaves no empty run directory behind.
-        if not resuming and writer and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
+        if created and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
             shutil.rmtree(run_dir)
+            if run_dir.parent in created and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()
         raise
 
 
@@ -120,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.list_stages:
-            print("\n".join(known_stages()))
+            stages = describe_stages()
+            width = max(len(name) for name, _ in stages)
+            print("\n".join(f"{name:<{width}}  {summary}" for name, summary in stages))
             return 0
         if args.config and args.resume:
             raise ConfigError("give either --config or --resume, not both")

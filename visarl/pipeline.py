@@ -19,13 +19,13 @@ steps before it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from visarl.config import ConfigError, RunConfig
+from visarl.core.io import atomic_write_json
 from visarl.registry import RunContext, register_stage
 
 _PLACEHOLDER = re.compile(r"\{(data|task|run_dir|step:[A-Za-z0-9_\-]+)\}")
@@ -55,6 +55,10 @@ class PipelineConfig(RunConfig):
     steps: list[PipelineStep] = field(default_factory=list)
     """The steps, run in order."""
 
+    def trainer_fields(self) -> frozenset[str]:
+        """The pipeline builds no Trainer: give ``trainer.*`` to the steps that train, in their overrides."""
+        return frozenset()
+
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
         if not self.steps:
@@ -77,9 +81,7 @@ def fill(text: str, values: dict[str, str], step: str) -> str:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, state)
 
 
 def step_overrides(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:

@@ -51,6 +51,7 @@ from visarl.annotate.select import (
 from visarl.annotate.simulated import SimulatedConfig, frame_rng, from_config, project_keypoints
 from visarl.annotate.store import AnnotationStore, load_annotations
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.core.io import atomic_write_json
 from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, frame_sigma
 from visarl.registry import RunContext, register_stage
 
@@ -104,6 +105,10 @@ class AnnotateConfig(RunConfig):
     """HDF5 export the saliency stage reads; default <data_dir>/../annotations.h5."""
     simulated: SimulatedConfig = field(default_factory=SimulatedConfig)
     """Click model of annotator=simulated."""
+
+    def trainer_fields(self) -> frozenset[str]:
+        """Annotation builds no Trainer: ``trainer.*`` is refused."""
+        return frozenset()
 
     def __post_init__(self) -> None:
         choice("selection", self.selection, SELECTION_METHODS)
@@ -310,9 +315,7 @@ def _serve(
 
     def ready(app: Any) -> None:
         print(f"\n    annotate: open {app.url}\n", flush=True)
-        tmp = info.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"url": app.url, "host": app.host, "port": app.port}))
-        tmp.replace(info)
+        atomic_write_json(info, {"url": app.url, "host": app.host, "port": app.port}, indent=None)
 
     print(f"annotate: clicks are saved to {store_path} as they happen; Done exports {export_path}", flush=True)
     try:

@@ -1,6 +1,9 @@
-"""Pieces shared across stages that depend on no other visarl package (numpy only).
+"""Pieces shared across stages that depend on no other visarl package.
 
-- :mod:`~visarl.core.maps`: points (annotation clicks, projected keypoints) -> Gaussian saliency maps.
+- :mod:`~visarl.core.maps`: points (annotation clicks, projected keypoints) -> Gaussian saliency maps (numpy).
+- :mod:`~visarl.core.io`: atomic file writes.
+- :mod:`~visarl.core.runtime`: the stage runtime (Trainer from ``cfg.trainer``, checkpoints, resume); imported
+  by the stages that train, not here, so that importing visarl.core stays free of Lightning.
 """
 
 from visarl.core.maps import (

@@ -19,7 +19,7 @@ from visarl.config import ConfigError, choice, to_yaml
 from visarl.data.shards import ShardWriter, list_shards, producer_attrs, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
 from visarl.registry import RunContext, register_stage
-from visarl.rl.stage import EvalConfig, SACRunConfig, build_agent, fit_sac
+from visarl.rl.stage import EvalConfig, SACRunConfig, build_agent, check_saliency_source, fit_sac
 
 
 @dataclass
@@ -47,13 +47,22 @@ class CollectConfig(SACRunConfig):
     def __post_init__(self) -> None:
         choice("policy", self.policy, ["random", "sac_state"])
         self._check_loop()
+        if self.policy != "sac_state" and (self.saliency != "none" or self.saliency_ckpt):
+            raise ConfigError(
+                f"saliency: policy {self.policy!r} stores no saliency maps (only policy: sac_state labels frames as it "
+                "collects); remove saliency and saliency_ckpt, or add maps later with `stage: label`"
+            )
+
+    def trainer_fields(self) -> frozenset[str] | None:
+        """Only ``policy: sac_state`` builds a Trainer; the others read only whether to show a progress bar."""
+        return None if self.policy == "sac_state" else frozenset({"enable_progress_bar"})
 
 
 def default_data_dir(task: str) -> Path:
     return Path("data") / task / "replay"
 
 
-@register_stage("collect", CollectConfig)
+@register_stage("collect", CollectConfig, check=check_saliency_source)
 def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     """Collect ``cfg.num_steps`` transitions; on resume, only what the run's shards still lack."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.env.task)
@@ -92,7 +101,13 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     successes: list[float] = []
     steps = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=remaining, desc=f"collect {cfg.env.task}", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=remaining,
+        desc=f"collect {cfg.env.task}",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not cfg.trainer.enable_progress_bar,
+    )
     try:
         while steps < remaining:
             before = steps

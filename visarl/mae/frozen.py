@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from visarl.core.io import atomic_torch_save
 from visarl.mae.multimae import MultiMAE, MultiMAEEncoder, upgrade_hparams
 
 CHECKPOINT_FORMAT = "visarl-multimae"
@@ -154,16 +155,17 @@ class FrameEmbedder:
 
 
 def save_checkpoint(model: MultiMAE, path: str | Path) -> None:
-    """Write ``model`` as a ``visarl-multimae`` checkpoint (loadable with ``weights_only=True``)."""
+    """Write ``model`` as a ``visarl-multimae`` checkpoint (loadable with ``weights_only=True``), atomically: the
+    pretrain stage rewrites ``encoder.pt`` while later stages may read it, and a kill mid-write keeps the old file."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(
+    atomic_torch_save(
         {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "hparams": dict(model.hparams),
             "state_dict": state,
         },
-        Path(path),
+        path,
     )
 
 

@@ -15,7 +15,6 @@ saliency maps the ``label`` stage added) of ``data/<task>/replay`` and writes, i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice
-from visarl.launch import prepare_ddp_launch
+from visarl.core.io import atomic_write_json
+from visarl.core.runtime import build_trainer, checkpoint_callbacks, quiet_lightning, resume_checkpoint
 from visarl.mae.augment import PairedAugment
 from visarl.mae.frozen import save_checkpoint
 from visarl.mae.loss import LOSS_KINDS, REDUCTIONS, ReconstructionLoss
@@ -120,6 +120,8 @@ class OptimConfig:
         for key in ("base_lr", "warmup_lr", "min_lr", "weight_decay", "warmup_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"optim.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.base_lr <= 0:  # the schedule is a multiple of the peak rate
+            raise ConfigError(f"optim.base_lr: must be positive, got {self.base_lr}")
         if self.lr_reference_batch is not None and self.lr_reference_batch <= 0:
             raise ConfigError(f"optim.lr_reference_batch: positive or null expected, got {self.lr_reference_batch}")
 
@@ -301,7 +303,6 @@ def _fingerprint(model: torch.nn.Module) -> torch.Tensor:
 
 def _callbacks(run_dir: Path, has_val: bool) -> list:
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     class EncoderExport(pl.Callback):
         """``encoder.pt`` on each new best val/loss (after the sanity check) and at the end of training."""
@@ -346,39 +347,26 @@ def _callbacks(run_dir: Path, has_val: bool) -> list:
             fp, first = fp.reshape(trainer.world_size, -1), first.reshape(trainer.world_size)
             self.fingerprints, self.first_batch_sums = fp.cpu().tolist(), first.cpu().tolist()
 
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        monitor="val/loss" if has_val else None,
-        mode="min",
-        save_top_k=1,
-        save_last=True,
+    ckpts = checkpoint_callbacks(
+        run_dir, monitor="val/loss" if has_val else None, mode="min", best_filename="best-epoch{epoch:03d}"
     )
-    return [ckpt, EncoderExport(), RunRecord()]
+    return [*ckpts, EncoderExport(), RunRecord()]
 
 
 @register_stage("pretrain", PretrainConfig)
 def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
     """Train, export ``encoder.pt`` and return (and write) the run summary; see the module docstring."""
-    import lightning.pytorch as pl
     from lightning.pytorch.accelerators import CUDAAccelerator
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from visarl.mae.module import MultiMAEModule
 
     run_dir = ctx.run_dir
     dm = build_datamodule(cfg)
     t = cfg.trainer
+    ckpt_path = resume_checkpoint(run_dir, ctx.resume, "pretrain")
     callbacks = _callbacks(run_dir, dm.val_set is not None)
     record = callbacks[-1]  # (the Trainer adds callbacks of its own to the list)
-    trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps, log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar, logger=TensorBoardLogger(str(run_dir), name="", version=""),
-        callbacks=callbacks, default_root_dir=str(run_dir), limit_val_batches=None if dm.val_set is not None else 0,
-    )  # fmt: skip
-    prepare_ddp_launch(trainer, run_dir)
+    trainer = build_trainer(t, run_dir, callbacks=callbacks, limit_val_batches=None if dm.val_set is not None else 0)
     fused = (
         cfg.model.fused_attn if cfg.model.fused_attn is not None else isinstance(trainer.accelerator, CUDAAccelerator)
     )
@@ -389,11 +377,8 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
         o.weight_decay, tuple(o.betas), o.warmup_lr, o.min_lr, o.warmup_epochs, cfg.seed,
         cfg.log_images_every_n_epochs, cfg.num_log_images, cfg.model.compile, o.lr_reference_batch,
     )  # fmt: skip
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if ctx.resume and last.is_file() else None
-    if ctx.resume and ckpt_path is None and trainer.is_global_zero:
-        print(f"pretrain: no {last} to resume from; starting from scratch")
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    with quiet_lightning():
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     summary = {
@@ -419,7 +404,7 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
         "rank_first_batch_sums": record.first_batch_sums,
     }
     if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(run_dir / "summary.json", summary)
         steps, epochs = summary["global_step"], summary["epochs_completed"]
         print(f"pretrain: {steps} steps, {epochs} epochs; encoder at {summary['encoder']}")
     return summary

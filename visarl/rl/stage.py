@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.core.runtime import build_trainer, checkpoint_dir, quiet_lightning, resume_checkpoint
 from visarl.data.shards import producer_attrs
 from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
-from visarl.launch import prepare_ddp_launch
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
 from visarl.rl.networks import CONV_INITS
@@ -358,6 +358,43 @@ def _strategy(cfg: SACRunConfig) -> Any:
     return strategy
 
 
+def env_step_progress_bar(num_steps: int, desc: str, refresh_rate: int) -> Any:
+    """Lightning's tqdm bar counting env steps out of ``num_steps`` (a total and an ETA), not the endless clock's
+    batches; a resumed run starts at its checkpoint's step."""
+    import sys
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    class _Bar(TQDMProgressBar):
+        def init_train_tqdm(self) -> Tqdm:
+            start = min(self.trainer.lightning_module.env_step, num_steps)
+            return Tqdm(
+                desc=desc,
+                total=num_steps,
+                initial=start,
+                unit="step",
+                position=2 * self.process_position,
+                disable=self.is_disabled,
+                leave=True,
+                dynamic_ncols=True,
+                file=sys.stdout,
+                smoothing=0,
+            )
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            pass  # one bar for the whole run, made by init_train_tqdm: the clock's single epoch has no length
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if (batch_idx + 1) % self.refresh_rate == 0 or module.env_step >= num_steps:
+                bar = self.train_progress_bar
+                bar.n = min(module.env_step, num_steps)
+                bar.set_postfix(self.get_metrics(trainer, module), refresh=False)
+                bar.refresh()
+
+    return _Bar(refresh_rate=refresh_rate)
+
+
 def fit_sac(
     cfg: SACRunConfig,
     ctx: RunContext,
@@ -368,10 +405,6 @@ def fit_sac(
     embedder: FrameEmbedder | None = None,
 ) -> dict[str, Any]:
     """Train ``agent`` with the SAC loop of ``cfg`` in ``ctx.run_dir``; resumes from its last checkpoint."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import TQDMProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     from visarl.rl.module import EnvStepCheckpoint, LoopSettings, SACLoop, clock_loader
 
     s, e = cfg.sac, cfg.eval
@@ -410,9 +443,8 @@ def fit_sac(
     if embedder is not None:  # the shards record which encoder produced the embeddings they store
         shard_attrs = {**shard_attrs, embedder.key: embedder.describe()}
     loop = SACLoop(agent, settings, embedder)
-    ckpt_dir = ctx.run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(last) if ctx.resume and last.is_file() else None
+    ckpt_dir = checkpoint_dir(ctx.run_dir)
+    ckpt_path = resume_checkpoint(ctx.run_dir, ctx.resume, cfg.stage)
     purge_step = None  # on resume, hide the TensorBoard events the killed run logged after its checkpoint
     if ckpt_path is not None:
         purge_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["visarl"]["env_step"]) + 1
@@ -425,27 +457,22 @@ def fit_sac(
         )
     callbacks: list = [EnvStepCheckpoint(ckpt_dir, cfg.checkpoint_every)]
     if cfg.trainer.enable_progress_bar:  # one tick per vector step: redraw every ~100 env steps, not every step
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, 100 // cfg.num_envs)))
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
+        refresh = max(1, 100 // cfg.num_envs)
+        callbacks.append(env_step_progress_bar(cfg.num_steps, f"{cfg.stage} {cfg.env.task}", refresh))
+    trainer = build_trainer(
+        cfg.trainer,
+        ctx.run_dir,
+        callbacks=callbacks,
+        logger={"default_hp_metric": False, "purge_step": purge_step},
         strategy=strategy,
-        num_nodes=cfg.trainer.num_nodes,
-        precision=cfg.trainer.precision,
         max_epochs=-1,
         max_steps=-1,
-        logger=TensorBoardLogger(str(ctx.run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step),
-        callbacks=callbacks,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         use_distributed_sampler=False,
-        default_root_dir=str(ctx.run_dir),
     )
-    prepare_ddp_launch(trainer, ctx.run_dir)
     threads = torch.get_num_threads()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_lightning():
         # an endless clock needs no workers, and its epoch never ends
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*infinite.*")
@@ -459,7 +486,27 @@ def fit_sac(
     return loop.summary
 
 
-@register_stage("rl", RLConfig)
+def check_saliency_source(cfg: SACRunConfig) -> None:
+    """``saliency: picanet`` needs a readable PiCANet weights file: a ``ConfigError`` naming it otherwise."""
+    if cfg.saliency != "picanet":
+        return
+    from visarl.saliency.picanet import load_picanet
+
+    try:
+        load_picanet(cfg.saliency_ckpt)
+    except ValueError as e:  # missing, foreign, corrupt or mismatched weights; the message names the file
+        raise ConfigError(f"saliency_ckpt: {e}") from e
+
+
+def check_rl(cfg: RLConfig) -> None:
+    """The checkpoints an rl run reads (PiCANet for online saliency, the frozen MultiMAE), checked before the run
+    directory is created."""
+    check_saliency_source(cfg)
+    if cfg.encoder == "mmae":
+        build_embedder(cfg.encoder_ckpt, cfg.variant, tuple(cfg.modalities), cfg.pooling, cfg.env.image_size)
+
+
+@register_stage("rl", RLConfig, check=check_rl)
 def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
     """Train SAC per ``cfg``; shards in ``data_dir`` (default <run_dir>/replay), eval.json in the run dir."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir else ctx.run_dir / "replay"

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visarl.core.io import atomic_torch_save
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FORMAT = "visarl-picanet"
@@ -515,13 +517,8 @@ def save_picanet(model: PiCANet, path: str | Path) -> Path:
 
     Only tensors, strings and numbers: :func:`load_picanet` reads it back with ``torch.load(weights_only=True)``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": WEIGHTS_FORMAT, "hparams": dict(model.hparams), "state_dict": state}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save({"format": WEIGHTS_FORMAT, "hparams": dict(model.hparams), "state_dict": state}, path)
 
 
 def load_picanet(path: str | Path, map_location: str | torch.device = "cpu") -> PiCANet:

@@ -23,7 +23,6 @@ shard fully labelled or untouched. A rerun skips shards that already have the fi
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from visarl.config import ConfigError, RunConfig, choice
-from visarl.launch import prepare_ddp_launch
+from visarl.core.io import atomic_copy, atomic_write_json
+from visarl.core.runtime import (
+    build_trainer,
+    checkpoint_callbacks,
+    last_checkpoint,
+    quiet_lightning,
+    resume_checkpoint,
+)
 from visarl.registry import RunContext, register_stage
 from visarl.saliency.data import default_annotations, default_weights
 from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, side_strides
@@ -148,23 +154,26 @@ class SaliencyConfig(RunConfig):
         }
 
 
-@register_stage("saliency", SaliencyConfig)
-def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
-    """Fit PiCANet, select its weights (``selection``), export ``picanet.pt``; returns the held-out metrics."""
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from visarl.saliency.data import SaliencyDataModule
-    from visarl.saliency.module import SaliencyModule
-    from visarl.saliency.picanet import PiCANet, save_picanet
-
+def check_saliency(cfg: SaliencyConfig) -> None:
+    """The annotations must exist before the run directory is created."""
     ann_path = Path(cfg.annotations) if cfg.annotations else default_annotations(cfg.task)
     if not ann_path.is_file():
         raise ConfigError(
             f"annotations: {ann_path} does not exist; run `stage: annotate` for task {cfg.task!r} or set annotations="
         )
+
+
+@register_stage("saliency", SaliencyConfig, check=check_saliency)
+def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
+    """Fit PiCANet, select its weights (``selection``), export ``picanet.pt``; returns the held-out metrics."""
+    import torch
+
+    from visarl.saliency.data import SaliencyDataModule
+    from visarl.saliency.module import SaliencyModule
+    from visarl.saliency.picanet import PiCANet, save_picanet
+
+    check_saliency(cfg)
+    ann_path = Path(cfg.annotations) if cfg.annotations else default_annotations(cfg.task)
     dm = SaliencyDataModule(
         ann_path,
         batch_size=cfg.batch_size,
@@ -196,65 +205,39 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
         loss=cfg.loss,
         num_images=cfg.num_images,
     )
-    ckpt_dir = ctx.run_dir / "checkpoints"
     # With selection: validation, the validation epochs run on the selection frames and the best of them is kept;
     # with selection: last, they run on the held-out frames for the learning curves only.
-    callbacks: list[Any] = []
-    best_cb = None
-    if cfg.selection == "validation":
-        best_cb = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best-{epoch:04d}", monitor="val/f_max", mode="max", save_top_k=1
-        )
-        callbacks.append(best_cb)
-    # Lightning 2.6's save_last=True writes last.ckpt only when a top-k checkpoint was just saved (i.e. at a new
-    # best), which would make --resume go back to the best epoch; this second callback rewrites last.ckpt every
-    # `val_every` epochs whatever the score.
-    last_cb = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="last",
-        save_top_k=1,
-        every_n_epochs=cfg.val_every,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
+    monitor = "val/f_max" if cfg.selection == "validation" else None
+    callbacks = checkpoint_callbacks(
+        ctx.run_dir, every_n_epochs=cfg.val_every, monitor=monitor, mode="max", best_filename="best-{epoch:04d}"
     )
-    t = cfg.trainer
-    trainer = pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
+    best_cb = callbacks[1] if len(callbacks) > 1 else None
+    trainer = build_trainer(
+        cfg.trainer,
+        ctx.run_dir,
+        callbacks=callbacks,
         max_epochs=cfg.epochs,
-        max_steps=t.max_steps,
-        log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar,
         check_val_every_n_epoch=cfg.val_every,
         num_sanity_val_steps=0,
-        logger=TensorBoardLogger(save_dir=str(ctx.run_dir), name="", version=""),
-        callbacks=[*callbacks, last_cb],
-        default_root_dir=str(ctx.run_dir),
-        enable_model_summary=False,
     )
-    prepare_ddp_launch(trainer, ctx.run_dir)
-    last = ckpt_dir / "last.ckpt"
-    resume_from = str(last) if ctx.resume and last.is_file() else None
-    if ctx.resume and resume_from is None:
-        print(f"saliency: --resume but no {last}; training from the start")
+    resume_from = resume_checkpoint(ctx.run_dir, ctx.resume, "saliency")
+    last = last_checkpoint(ctx.run_dir)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
-    train_s = time.perf_counter() - t0
-    trainer.save_checkpoint(last, weights_only=False)  # the final state too, when epochs % val_every != 0
+    with quiet_lightning():
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+        train_s = time.perf_counter() - t0
+        trainer.save_checkpoint(last, weights_only=False)  # the final state too, when epochs % val_every != 0
 
-    # Held-out metrics of the final weights, then of the selected ones: never chosen on the held-out frames.
-    dm.validate_on = "heldout"
-    final = _validate(trainer, module, dm)
-    best_path = best_cb.best_model_path if best_cb is not None else ""
-    if best_path:
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-        best = _validate(trainer, module, dm)
-    else:
-        best = final
+        # Held-out metrics of the final weights, then of the selected ones: never chosen on the held-out frames.
+        dm.validate_on = "heldout"
+        final = _validate(trainer, module, dm)
+        best_path = best_cb.best_model_path if best_cb is not None else ""
+        if best_path:
+            state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+            best = _validate(trainer, module, dm)
+        else:
+            best = final
     weights = save_picanet(module.net, ctx.run_dir / "picanet.pt") if trainer.is_global_zero else None
     summary: dict[str, Any] = {
         "annotations": str(ann_path),
@@ -272,13 +255,10 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     }
     if weights is not None and cfg.export_path != "none":
         export = Path(cfg.export_path) if cfg.export_path else default_weights(cfg.task)
-        export.parent.mkdir(parents=True, exist_ok=True)
-        tmp = export.with_name(f".{export.name}.tmp")
-        shutil.copyfile(weights, tmp)
-        tmp.replace(export)
+        atomic_copy(weights, export)
         summary["export_path"] = str(export)
     if trainer.is_global_zero:
-        (ctx.run_dir / "saliency.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(ctx.run_dir / "saliency.json", summary)
         f, b = final, best
         print(
             f"saliency: held-out F(max/adaptive) {f['f_max']:.3f}/{f['f_adaptive']:.3f}, MAE {f['mae']:.4f} (final); "
@@ -317,25 +297,52 @@ class LabelConfig(RunConfig):
         if not self.field_name.isidentifier():
             raise ConfigError(f"field_name: {self.field_name!r} is not a plain dataset name")
 
+    def trainer_fields(self) -> frozenset[str]:
+        """Labelling builds no Trainer: it reads the device, the precision and whether to show a progress bar."""
+        return frozenset({"accelerator", "precision", "enable_progress_bar"})
 
-@register_stage("label", LabelConfig)
+
+def _label_inputs(cfg: LabelConfig) -> tuple[Path, list[Path], Path]:
+    """The shard directory, its shards (each opened and validated) and the PiCANet weights; ConfigError if any is
+    missing or unreadable."""
+    from visarl.data.collect import default_data_dir
+    from visarl.data.shards import ShardError, list_shards
+
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
+    try:
+        shards = list_shards(data_dir)
+    except ShardError as e:  # a truncated or foreign .h5 among the shards; the message names it
+        raise ConfigError(f"data_dir: {e}") from e
+    if not shards:
+        raise ConfigError(f"data_dir: no shards in {data_dir}; run `stage: collect` first or set data_dir=")
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_weights(cfg.task)
+    if not ckpt.is_file():
+        raise ConfigError(f"checkpoint: {ckpt} does not exist; run `stage: saliency` first or set checkpoint=")
+    return data_dir, shards, ckpt
+
+
+def check_label(cfg: LabelConfig) -> None:
+    """Shards and weights, checked before the run directory is created."""
+    from visarl.saliency.picanet import load_picanet
+
+    _, _, ckpt = _label_inputs(cfg)
+    try:
+        load_picanet(ckpt)
+    except ValueError as e:
+        raise ConfigError(f"checkpoint: {e}") from e
+
+
+@register_stage("label", LabelConfig, check=check_label)
 def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
     """Label every shard of ``data_dir``; returns counts and throughput."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from visarl.data.collect import default_data_dir
-    from visarl.data.shards import ShardReader, list_shards, write_field
+    from visarl.data.shards import ShardError, ShardReader, write_field
     from visarl.saliency.online import PiCANetSaliency, resolve_device
 
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
-    shards = list_shards(data_dir)
-    if not shards:
-        raise ConfigError(f"data_dir: no shards in {data_dir}; run `stage: collect` first or set data_dir=")
-    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_weights(cfg.task)
-    if not ckpt.is_file():
-        raise ConfigError(f"checkpoint: {ckpt} does not exist; run `stage: saliency` first or set checkpoint=")
+    data_dir, shards, ckpt = _label_inputs(cfg)
     device = resolve_device(cfg.trainer.accelerator)
     try:
         source = PiCANetSaliency.from_checkpoint(ckpt, device=device, precision=cfg.trainer.precision)
@@ -361,12 +368,22 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
     tb = SummaryWriter(str(ctx.run_dir))
     done_rows, t_infer = 0, 0.0
     t0 = time.perf_counter()
-    bar = tqdm(total=total_rows, desc=f"label {cfg.task}", unit="frame", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_rows,
+        desc=f"label {cfg.task}",
+        unit="frame",
+        dynamic_ncols=True,
+        disable=not cfg.trainer.enable_progress_bar,
+    )
     try:
         for path, _, n_rows in todo:
             reader = ShardReader(path)
-            rgb = reader.read("rgb")  # [N, H, W, 3] uint8; every row, continuation duplicates included
-            reader.close()
+            try:
+                rgb = reader.read("rgb")  # [N, H, W, 3] uint8; every row, continuation duplicates included
+            except ShardError as e:  # damaged inside a dataset: found only when read
+                raise ConfigError(f"data_dir: {e}") from e
+            finally:
+                reader.close()
             maps = np.empty(rgb.shape[:3], dtype=np.uint8)
             for start in range(0, n_rows, cfg.batch_size):
                 chunk = torch.from_numpy(rgb[start : start + cfg.batch_size]).permute(0, 3, 1, 2)
@@ -379,9 +396,7 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
             write_field(path, cfg.field_name, maps, overwrite=cfg.overwrite)  # atomic: copy, add, rename
             done_rows += n_rows
             finished.add(path.name)
-            tmp = state_file.with_name(state_file.name + ".tmp")
-            tmp.write_text(json.dumps({"finished": sorted(finished)}))
-            tmp.replace(state_file)
+            atomic_write_json(state_file, {"finished": sorted(finished)}, indent=None)
             tb.add_scalar("label/fps", done_rows / max(time.perf_counter() - t0, 1e-9), done_rows)
     finally:
         bar.close()
@@ -398,6 +413,6 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
         "fps": done_rows / elapsed if elapsed > 0 else 0.0,
         "inference_fps": done_rows / t_infer if t_infer > 0 else 0.0,
     }
-    (ctx.run_dir / "label.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(ctx.run_dir / "label.json", summary)
     print(f"label: {done_rows} frames in {len(todo)} shards, {summary['fps']:.1f} frames/s ({len(skipped)} skipped)")
     return summary
