@@ -426,3 +426,25 @@ def test_initial_update_burst_replaces_the_first_steps_updates(tmp_path):
     common = [f"output_dir={tmp_path}", "eval.every=0", "eval.final=false", "sac.initial_updates=7"]
     summary = run(TINY, [*common, "run=b", "num_steps=30"])
     assert summary["num_updates"] == 7 + (30 - 10) and summary["env_step"] == 30
+
+
+def test_mmae_rgb_without_saliency_evaluates_on_embeddings(tmp_path):
+    """The MMAE RGB row (saliency: none): evaluation must embed its frames too, or the policy has no input."""
+    from visarl.mae import build_multimae, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "rgb.pt"
+    save_checkpoint(build_multimae("tiny", ("rgb",), image_size=32), ckpt)
+    overrides = [
+        f"output_dir={tmp_path}",
+        "run=m",
+        "encoder=mmae",
+        "variant=rgb",
+        "saliency=none",
+        f"encoder_ckpt={ckpt}",
+        "modalities=[rgb]",
+        "num_steps=30",
+    ]
+    run(TINY, overrides)
+    ev = json.loads((tmp_path / "tiny" / "m" / "eval.json").read_text())
+    assert [c["step"] for c in ev["curve"]] == [0, 30] and ev["saliency"] == "none"

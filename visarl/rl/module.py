@@ -253,7 +253,10 @@ class SACLoop(pl.LightningModule):
                 s.eval_episodes,
                 _seed(s.seed, "eval-envs"),
                 self.agent.obs_keys,
-                self._observe_for_policy if self._policy_inputs() - {"rgb", "state"} else None,
+                # the policy reads what the loop derives from a frame: an embedding, or a map
+                self._observe_for_policy
+                if self.embedder is not None or self._policy_inputs() - {"rgb", "state"}
+                else None,
                 s.eval_strip,
             )
 
