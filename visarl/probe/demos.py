@@ -42,7 +42,8 @@ class DemoSet:
     end_on_success: bool = True
     """Each demo ends at the expert's first successful step."""
     noise: float = 0.0
-    """Gaussian noise on the expert's actions (0: the expert's own actions)."""
+    """Std of Gaussian noise added to the executed actions (DART, Laskey et al. 2017): the demos then visit states
+    around the expert's path, each labelled with the expert's clean action (``expert_action``); 0: pure expert."""
 
 
 def demo_seed(seed: int, index: int | str) -> int:
@@ -97,19 +98,23 @@ def record_demos(
     t0 = time.perf_counter()
     env = MetaWorldPixelEnv(**spec.env)
     rng = np.random.default_rng(demo_seed(spec.seed, "noise"))
-    expert = ScriptedExpert(spec.task, spec.noise, rng)
+    expert = ScriptedExpert(spec.task)
     writer = ShardWriter(directory, rows_per_shard=4096, attrs=attrs or {}, prefix=PREFIX)
     successes, lengths = [], []
     try:
         bar = tqdm(range(spec.num_demos), desc=f"demos {spec.task}", unit="demo", disable=not progress)
         for i in bar:
             obs, _ = env.reset(seed=demo_seed(spec.seed, i))
+            obs["expert_action"] = expert(obs["state"])
             writer.add_first(0, obs)
             success, steps = False, 0
             while steps < env.episode_length:
                 steps += 1
-                action = expert(obs["state"])
+                action = obs["expert_action"]
+                if spec.noise > 0:
+                    action = np.clip(action + rng.normal(0.0, spec.noise, action.shape), -1, 1).astype(np.float32)
                 obs, reward, terminated, truncated, info = env.step(action)
+                obs["expert_action"] = expert(obs["state"])  # the label of this frame
                 success = success or info["success"] > 0
                 end = spec.end_on_success and info["success"] > 0
                 writer.add_step(0, action, reward, terminated, truncated or end, info["success"], obs)
@@ -171,7 +176,11 @@ def add_field(
 
 
 def load_demos(directory: str | Path, keys: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Observations ``keys`` and the expert's action at every demo row that has one: ({key: [N, ...]}, [N, A])."""
+    """Observations ``keys`` and the expert's action at every demo row that has one: ({key: [N, ...]}, [N, A]).
+
+    The label is ``expert_action``, the scripted policy's action at the frame (equal to the executed ``action``
+    unless the demos were recorded with noise).
+    """
     obs: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     actions = []
     shards = list_shards(directory)
@@ -182,6 +191,6 @@ def load_demos(directory: str | Path, keys: Sequence[str]) -> tuple[dict[str, np
         rows = reader.transition_indices()  # rows whose action the expert took
         for k in keys:
             obs[k].append(reader.read(k, rows))
-        actions.append(reader.read("action", rows))
+        actions.append(reader.read("expert_action", rows))
         reader.close()
     return {k: np.concatenate(v) for k, v in obs.items()}, np.concatenate(actions)

@@ -36,6 +36,8 @@ class ProbeSettings:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
+    cosine: bool = True
+    """Decay the learning rate to 0 over ``steps`` (cosine)."""
     eval_every: int = 1000
     seed: int = 0
     run_dir: str = "."
@@ -71,6 +73,7 @@ class BCProbe(pl.LightningModule):
         self.evaluator = evaluator
         self.eval_history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
+        self.initial_bc_loss: float | None = None
         self.data: dict[str, Tensor] = {}
         self.actions = torch.zeros(0)
 
@@ -78,9 +81,13 @@ class BCProbe(pl.LightningModule):
         self.data = {k: _to_tensor(v) for k, v in self._obs_np.items()}
         self.actions = torch.from_numpy(np.ascontiguousarray(self._actions_np, dtype=np.float32))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         s = self.settings
-        return torch.optim.AdamW(self.policy.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        if not s.cosine:
+            return opt
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         t0 = time.perf_counter()
@@ -135,6 +142,7 @@ class BCProbe(pl.LightningModule):
             "steps": self.settings.steps,
             "final": evals[-1] if evals and evals[-1]["step"] >= self.settings.steps else None,
             "best": best,
+            "initial_bc_loss": self.initial_bc_loss,
             "curve": self.eval_history,
             "train_seconds": round(self.train_seconds, 2),
         }
@@ -146,7 +154,11 @@ class BCProbe(pl.LightningModule):
         os.replace(tmp, path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["visarl_probe"] = {"eval_history": self.eval_history, "train_seconds": self.train_seconds}
+        checkpoint["visarl_probe"] = {
+            "eval_history": self.eval_history,
+            "train_seconds": self.train_seconds,
+            "initial_bc_loss": self.initial_bc_loss,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("visarl_probe")
@@ -154,6 +166,7 @@ class BCProbe(pl.LightningModule):
             raise ValueError("not a visarl probe checkpoint (no 'visarl_probe' entry)")
         self.eval_history = list(state["eval_history"])
         self.train_seconds = float(state["train_seconds"])
+        self.initial_bc_loss = state.get("initial_bc_loss")
 
 
 class ProbeEvaluation(pl.Callback):
@@ -164,6 +177,7 @@ class ProbeEvaluation(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.global_step == 0 and not pl_module.eval_history:
+            pl_module.initial_bc_loss = pl_module.bc_loss()  # the untrained policy's loss, for the curve's start
             pl_module.write_json()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
