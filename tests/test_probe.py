@@ -191,3 +191,35 @@ def test_sigkill_then_resume_continues(tmp_path):
     assert out["step"] == end and out["final"]["step"] == end
     assert [p.stat().st_mtime_ns for p in list_shards(run_dir / "demos")] == demo_mtimes  # demos reused
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == end
+
+
+def _fake_probe(root: Path, name: str, task: str, seed: int, final: float, best: float, **cfg: object) -> Path:
+    run_dir = root / name / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    lines = ["stage: probe", f"seed: {seed}", f"env: {{task: {task}}}"] + [f"{k}: {v}" for k, v in cfg.items()]
+    (run_dir / "config.yaml").write_text("\n".join(lines) + "\n")
+    probe = {"final": {"step": 10, "success_rate": final}, "best": {"step": 5, "success_rate": best}}
+    (run_dir / "probe.json").write_text(json.dumps({**probe, "seconds": {"total": 60.0}}))
+    return run_dir
+
+
+def test_probe_table_mean_std_and_matrix_cells(tmp_path):
+    from visarl.experiment import Cell, MethodSpec
+    from visarl.report.results import collect_probe_results
+    from visarl.report.tables import probe_rows
+
+    finals = [0.9, 0.8, 1.0]
+    for seed, f in enumerate(finals):
+        _fake_probe(tmp_path, "state-reach", "reach-v3", seed, f, 1.0, encoder="state")
+    _fake_probe(tmp_path, "cnn-reach", "reach", 0, 0.2, 0.3, encoder="cnn", variant="rgbs")
+    results = collect_probe_results([tmp_path])
+    header, rows = probe_rows(results)
+    assert header == ["Method", "reach final", "reach best", "seeds"]
+    by_method = {r[0]: r for r in rows}
+    assert by_method["State"][1] == f"{np.mean(finals):.2f} ± {np.std(finals, ddof=1):.2f}"
+    assert by_method["State"][2] == "1.00 ± 0.00" and by_method["State"][3] == "3"
+    assert by_method["CNN RGBS"][1:] == ["0.20", "0.30", "1"]
+    # an experiment cell counts a probe as finished once probe.json holds the final evaluation
+    cell = Cell(MethodSpec("state", "conf/probe/reach.yaml"), "reach", 0, tmp_path / "state-reach" / "seed0")
+    assert cell.finished()
+    assert not Cell(MethodSpec("x", "conf/probe/reach.yaml"), "reach", 0, tmp_path / "none").finished()
