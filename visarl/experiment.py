@@ -1,8 +1,9 @@
-"""`stage: experiment`: a matrix of rl runs (methods x tasks x seeds), e.g. the paper's Table I.
+"""`stage: experiment`: a matrix of rl or probe runs (methods x tasks x seeds), e.g. the paper's Table I.
 
 Each cell is one ``python -m visarl.fit`` run in ``<root>/<method>-<task>/seed<seed>``. The matrix runs its
 cells one after another or ``parallel`` at a time as local processes, skips cells whose ``eval.json`` holds a
-final evaluation, resumes cells that were interrupted, and with ``print_only: true`` prints one command line
+final evaluation (``probe.json`` for probes), resumes cells that were interrupted, and with ``print_only: true``
+prints one command line
 per remaining cell for a cluster scheduler instead. Method overrides may use ``{task}``, ``{seed}`` and any name
 of ``params`` (e.g. ``{rgb_encoder}``), so a pipeline can hand the matrix the checkpoints its earlier steps built.
 """
@@ -23,12 +24,12 @@ from visarl.registry import RunContext, register_stage
 
 @dataclass
 class MethodSpec:
-    """One row of the matrix: an rl config and its overrides."""
+    """One row of the matrix: an rl (or probe) config and its overrides."""
 
     name: str = ""
     """Row name, used in run directory names (e.g. cnn_rgbs)."""
     config: str = ""
-    """The rl config file."""
+    """The rl or probe config file."""
     overrides: list[str] = field(default_factory=list)
     """dotted.key=value overrides; {task}, {seed} and the experiment's params are filled in per cell."""
 
@@ -80,11 +81,15 @@ class Cell:
     run_dir: Path
 
     def finished(self) -> bool:
-        path = self.run_dir / "eval.json"
-        try:
-            return "success_rate" in json.loads(path.read_text()).get("final", {})
-        except (OSError, ValueError):
-            return False
+        """The run holds its final evaluation (``eval.json`` of an rl run, ``probe.json`` of a probe)."""
+        for name in ("eval.json", "probe.json"):
+            try:
+                final = json.loads((self.run_dir / name).read_text()).get("final") or {}
+            except (OSError, ValueError):
+                continue
+            if "success_rate" in final:
+                return True
+        return False
 
     def command(self, common: list[str], params: dict[str, str] | None = None) -> list[str]:
         fmt = {**(params or {}), "task": self.task, "seed": str(self.seed)}

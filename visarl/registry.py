@@ -20,6 +20,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "visarl.saliency.stage",
     "visarl.mae.stage",
     "visarl.rl.stage",
+    "visarl.probe.stage",
     "visarl.report.stage",
     "visarl.pipeline",
     "visarl.experiment",

@@ -1,6 +1,9 @@
 """`stage: collect`: run a policy in vectorized pixel envs and write every transition to HDF5 shards.
 
-``policy: random`` acts uniformly at random. ``policy: sac_state`` trains state-based SAC on the task with the
+``policy: random`` acts uniformly at random. ``policy: scripted`` runs Meta-World's scripted expert for the task
+(``metaworld.policies``) with optional Gaussian action noise (``action_noise``): a competent dataset in render time
+only, an alternative to state-SAC replay for building a pretraining dataset quickly.
+``policy: sac_state`` trains state-based SAC on the task with the
 SAC loop of ``stage: rl`` (:func:`visarl.rl.stage.fit_sac`), rendering and storing every frame: its replay is the
 paper's 200k-frame pretraining dataset (Sec. II-C), and it resumes from checkpoints like any SAC run.
 """
@@ -30,7 +33,10 @@ class CollectConfig(SACRunConfig):
     env: EnvConfig = field(default_factory=EnvConfig)
     """The pixel environment."""
     policy: str = "random"
-    """Which policy acts: 'random' (uniform actions) or 'sac_state' (state-based SAC, learning as it collects)."""
+    """Which policy acts: 'random' (uniform actions), 'scripted' (Meta-World's scripted expert for the task) or
+    'sac_state' (state-based SAC, learning as it collects)."""
+    action_noise: float = 0.0
+    """``policy: scripted``: std of Gaussian noise added to the expert's actions (then clipped to [-1, 1])."""
     num_steps: int = 2000
     """Transitions to collect in total, over all envs (the paper's datasets hold 200k frames)."""
     num_envs: int = 1
@@ -45,7 +51,9 @@ class CollectConfig(SACRunConfig):
     """Evaluation of the sac_state policy: by default only at the end, over 10 episodes (collection is the goal)."""
 
     def __post_init__(self) -> None:
-        choice("policy", self.policy, ["random", "sac_state"])
+        choice("policy", self.policy, ["random", "scripted", "sac_state"])
+        if self.action_noise < 0:
+            raise ConfigError(f"action_noise: must be >= 0, got {self.action_noise}")
         self._check_loop()
         if self.policy != "sac_state" and (self.saliency != "none" or self.saliency_ckpt):
             raise ConfigError(
@@ -87,6 +95,11 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     seed = cfg.seed + 1000 * (done_steps > 0) * (1 + done_steps)
     envs = make_vector_env(cfg.num_envs, seed=seed, asynchronous=cfg.async_envs, **env_kwargs(cfg.env))
     rng = np.random.default_rng(seed)
+    expert = None
+    if cfg.policy == "scripted":
+        from visarl.envs.experts import ScriptedExpert
+
+        expert = ScriptedExpert(cfg.env.task, cfg.action_noise, rng)
     writer = ShardWriter(data_dir, rows_per_shard=cfg.rows_per_shard, attrs=attrs)
 
     from torch.utils.tensorboard import SummaryWriter
@@ -97,6 +110,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         writer.add_first(i, {k: v[i] for k, v in obs.items()})
     needs_reset = np.zeros(cfg.num_envs, dtype=bool)
     ep_return = np.zeros(cfg.num_envs)
+    ep_success = np.zeros(cfg.num_envs, dtype=bool)  # success at any step of the running episode
     returns: list[float] = []
     successes: list[float] = []
     steps = 0
@@ -111,9 +125,11 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     try:
         while steps < remaining:
             before = steps
-            action = rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
+            if expert is not None:  # actions of envs about to autoreset are ignored by the vector env
+                action = expert(obs["state"])
+            else:
+                action = rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
             obs, reward, terminated, truncated, info = envs.step(action)
-            ep_success = np.zeros(cfg.num_envs, dtype=bool)
             for i in range(cfg.num_envs):
                 frame = {k: v[i] for k, v in obs.items()}
                 if needs_reset[i]:  # gymnasium's next-step autoreset: this obs starts a new episode
@@ -128,10 +144,10 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
                 if terminated[i] or truncated[i]:
                     needs_reset[i] = True
                     returns.append(float(ep_return[i]))
-                    successes.append(float(success))
+                    successes.append(float(ep_success[i]))
                     tb.add_scalar("charts/episode_return", ep_return[i], done_steps + steps)
-                    tb.add_scalar("charts/episode_success", success, done_steps + steps)
-                    ep_return[i] = 0.0
+                    tb.add_scalar("charts/episode_success", float(ep_success[i]), done_steps + steps)
+                    ep_return[i], ep_success[i] = 0.0, False
             bar.update(steps - before)
             fps = steps / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(fps=f"{fps:.0f}", episodes=len(returns), refresh=False)
@@ -147,6 +163,8 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     summary.update(data_dir=str(data_dir), episodes_finished=len(returns), fps=steps / (time.perf_counter() - t0))
     if returns:
         summary["mean_return"] = float(np.mean(returns))
+        summary["success_rate"] = float(np.mean(successes))
+    summary["policy"] = cfg.policy
     (ctx.run_dir / "collect.json").write_text(json.dumps(summary, indent=2))
     print(
         f"collect: wrote {done_steps + steps} steps of {cfg.env.task} to {data_dir} ({len(writer.shard_paths)} shards)"

@@ -195,3 +195,58 @@ def collect_results(roots: list[str | Path]) -> list[RunResult]:
             if result is not None:
                 results.append(result)
     return results
+
+
+# -- probes -------------------------------------------------------------------------------------------
+
+PROBE_STATE = "State"
+"""The probe's sanity row: behaviour cloning from the 39-d state the scripted expert itself reads."""
+
+
+@dataclass
+class ProbeResult:
+    """One probe run (``stage: probe``): best and final success over its evaluations."""
+
+    run_dir: Path
+    task: str
+    method: str
+    seed: int
+    final_success: float | None
+    """Success rate of the evaluation at the last step, None while the probe has not reached it."""
+    best_success: float | None
+    seconds: float | None = None
+    """Wall time of the probe's last session (demos, labels, embeddings, training and evaluations)."""
+
+
+def load_probe(run_dir: Path) -> ProbeResult | None:
+    """A ProbeResult for a probe run directory, or None when the directory is not a probe run."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+    if not isinstance(cfg, dict) or cfg.get("stage") != "probe":
+        return None
+    env = cfg.get("env", {}) if isinstance(cfg.get("env"), dict) else {}
+    task = short_task(str(env.get("task", "?")))
+    method = PROBE_STATE if cfg.get("encoder") == "state" else method_of(cfg)
+    final = best = seconds = None
+    path = run_dir / "probe.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("final"):
+            final = float(data["final"]["success_rate"])
+        if data.get("best"):
+            best = float(data["best"]["success_rate"])
+        seconds = (data.get("seconds") or {}).get("total")
+    return ProbeResult(run_dir, task, method, int(cfg.get("seed", 0)), final, best, seconds)
+
+
+def collect_probe_results(roots: list[str | Path]) -> list[ProbeResult]:
+    """Every probe run under the given directories."""
+    results = []
+    for root in roots:
+        for cfg_path in sorted(Path(root).rglob("config.yaml")):
+            result = load_probe(cfg_path.parent)
+            if result is not None:
+                results.append(result)
+    return results

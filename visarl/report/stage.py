@@ -1,4 +1,5 @@
-"""`stage: report`: Table I and Figure 3 from the rl runs found under some directories."""
+"""`stage: report`: Table I and Figure 3 from the rl runs found under some directories, and the probe table and
+figure from the probe runs there."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from pathlib import Path
 
 from visarl.config import ConfigError, RunConfig
 from visarl.registry import RunContext, register_stage
-from visarl.report.results import collect_results
-from visarl.report.tables import write_figure3, write_table1
+from visarl.report.results import collect_probe_results, collect_results
+from visarl.report.tables import write_figure3, write_probe_figure, write_probe_table, write_table1
 
 
 @dataclass
 class ReportConfig(RunConfig):
-    """Aggregate rl runs into the paper's Table I and Figure 3."""
+    """Aggregate rl runs into the paper's Table I and Figure 3, and probe runs into the probe table and figure."""
 
     stage: str = "report"
     runs: list[str] = field(default_factory=lambda: ["runs"])
@@ -34,4 +35,12 @@ def run_report(cfg: ReportConfig, ctx: RunContext) -> dict:
     fig = write_figure3(results, out)
     print(md.read_text())
     print(f"report: {len(results)} rl runs; Table I: {md} ({csv_path.name}); Figure 3: {fig}")
-    return {"table_md": str(md), "table_csv": str(csv_path), "figure": str(fig), "runs": len(results)}
+    out_info = {"table_md": str(md), "table_csv": str(csv_path), "figure": str(fig), "runs": len(results)}
+    probes = collect_probe_results(roots)
+    if probes:
+        pmd, pcsv = write_probe_table(probes, out)
+        pfig = write_probe_figure(probes, out)
+        print(pmd.read_text())
+        print(f"report: {len(probes)} probe runs; probe table: {pmd} ({pcsv.name}); figure: {pfig}")
+        out_info.update(probe_md=str(pmd), probe_csv=str(pcsv), probe_figure=str(pfig), probes=len(probes))
+    return out_info

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from visarl.report.results import METHODS, ORACLE_FOOTNOTE, ORACLE_MARK, PAPER_TABLE1, TASKS, RunResult
+from visarl.report.results import (
+    METHODS,
+    ORACLE_FOOTNOTE,
+    ORACLE_MARK,
+    PAPER_TABLE1,
+    PROBE_STATE,
+    TASKS,
+    ProbeResult,
+    RunResult,
+)
 
 MISSING = "—"
 
@@ -154,6 +163,104 @@ def write_figure3(results: list[RunResult], out_dir: Path) -> Path:
     fig.suptitle("Success rate (mean ± standard error over seeds)", fontsize=11)
     fig.tight_layout()
     path = out_dir / "figure3.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# -- probes -------------------------------------------------------------------------------------------
+
+PROBE_METHODS: tuple[str, ...] = (PROBE_STATE, *METHODS)
+"""Probe rows: the state sanity row, then Table I's methods."""
+
+
+def probe_cells(results: list[ProbeResult]) -> dict[tuple[str, str], dict[str, tuple[float, float | None, int]]]:
+    """(method, task) -> {"final": (mean, std, seeds), "best": (...)} over probes that reached their last step."""
+    values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: {"final": [], "best": []})
+    for r in results:
+        if r.final_success is not None:
+            values[(r.method, r.task)]["final"].append(r.final_success)
+            values[(r.method, r.task)]["best"].append(r.best_success if r.best_success is not None else math.nan)
+    return {key: {k: (*mean_std(v), len(v)) for k, v in d.items()} for key, d in values.items()}
+
+
+def probe_rows(results: list[ProbeResult]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the probe table: per task, final and best success (mean ± std over seeds)."""
+    cells = probe_cells(results)
+    methods = [m for m in PROBE_METHODS if any(k[0] == m for k in cells)]
+    methods += sorted({m for m, _ in cells} - set(PROBE_METHODS))
+    tasks = [t for t in TASKS if any(k[1] == t for k in cells)] + sorted({t for _, t in cells} - set(TASKS))
+    header = ["Method"]
+    for t in tasks:
+        header += [f"{t} final", f"{t} best"]
+    header += ["seeds"]
+    rows = []
+    for m in methods:
+        row, seeds = [m], []
+        for t in tasks:
+            cell = cells.get((m, t))
+            if cell is None:
+                row += [MISSING, MISSING]
+                seeds.append(0)
+            else:
+                row += [_fmt(*cell["final"][:2]), _fmt(*cell["best"][:2])]
+                seeds.append(cell["final"][2])
+        rows.append(row + ["/".join(str(n) for n in seeds)])
+    return header, rows
+
+
+def write_probe_table(results: list[ProbeResult], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``probe.md`` and ``probe.csv`` beside Table I."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header, rows = probe_rows(results)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md_path = out_dir / "probe.md"
+    md_path.write_text(
+        "Probe: behaviour cloning from the scripted expert's demos; success rate at the last evaluation (final)\n"
+        "and the best evaluation (best); mean ± sample std over seeds.\n\n" + "\n".join(md) + "\n"
+    )
+    csv_path = out_dir / "probe.csv"
+    with csv_path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return md_path, csv_path
+
+
+def write_probe_figure(results: list[ProbeResult], out_dir: Path) -> Path:
+    """Bars of final probe success per method (colours) and task (groups), with the seeds' std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = probe_cells(results)
+    methods = [m for m in PROBE_METHODS if any(k[0] == m for k in cells)]
+    methods += sorted({m for m, _ in cells} - set(PROBE_METHODS))
+    tasks = [t for t in TASKS if any(k[1] == t for k in cells)] + sorted({t for _, t in cells} - set(TASKS))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(tasks) * max(1, len(methods)) / 3 + 2), 3.6))
+    width = 0.8 / max(1, len(methods))
+    colors = plt.get_cmap("tab10")
+    for k, m in enumerate(methods):
+        xs, means, stds = [], [], []
+        for i, t in enumerate(tasks):
+            cell = cells.get((m, t))
+            if cell is None:
+                continue
+            mean, std, _ = cell["final"]
+            xs.append(i - 0.4 + width * (k + 0.5))
+            means.append(mean)
+            stds.append(std or 0.0)
+        ax.bar(xs, means, width, yerr=stds, color=colors(k % 10), label=m, capsize=2)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (final)")
+    ax.set_title("Probe: behaviour cloning from scripted-expert demos (mean ± std over seeds)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if methods:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = out_dir / "probe.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
