@@ -108,19 +108,26 @@ def test_publish_writes_json_table_and_figure_from_the_runs(fake_runs, tmp_path)
 
     root, finals = fake_runs
     reach = tmp_path / "reach_only"
+    reach.mkdir()
     for run_dir in root.glob("reach-v3-*"):  # one task: methods map straight to per-seed finals
-        (reach / run_dir.name).parent.mkdir(exist_ok=True)
         run_dir.rename(reach / run_dir.name)
+        (reach / run_dir.name / "summary.json").write_text("{}")  # the rl stage writes it when a run ends
+        ev = json.loads((reach / run_dir.name / "eval.json").read_text())
+        ev["curve"] = [{"step": 1000, "return": 10.0}, {"step": 3000, "return": 100.0 * ev["final"]["success_rate"]}]
+        (reach / run_dir.name / "eval.json").write_text(json.dumps(ev))
+    running = _fake_run(reach, "reach-v3", "rgb", 7, [0.0], 0.0)  # no summary.json: still running, not counted
     out = tmp_path / "docs"
     doc = publish(reach, out, "demo", "python -m visarl.fit --config X")
     assert doc["task"] == "reach" and doc["env_steps"] == 3000
     assert doc["methods"] == {"CNN RGB": finals["rgb"], "CNN RGBS": finals["rgbs"]}
     assert doc["best"]["CNN RGB"] == pytest.approx(finals["rgb"])  # each curve peaks at its final value
+    assert doc["final_return"]["CNN RGBS"] == pytest.approx([100 * f for f in finals["rgbs"]])
+    assert doc["in_progress"] == [str(running)]
     assert json.loads((out / "demo.json").read_text())["methods"] == doc["methods"]
     md = (out / "demo.md").read_text()
     m, s = np.mean(finals["rgb"]), np.std(finals["rgb"], ddof=1)
     assert f"| CNN RGB | {m:.2f} ± {s:.2f} |" in md and "python -m visarl.fit --config X" in md
-    assert doc["commit"] in md and (out / "demo.png").stat().st_size > 5000
+    assert doc["commit"] in md and str(running) in md and (out / "demo.png").stat().st_size > 5000
 
 
 def test_oracle_runs_are_their_own_marked_row(tmp_path):

@@ -47,8 +47,20 @@ def _ordered(methods: set[str]) -> list[str]:
     return [m for m in METHODS if m in methods] + sorted(methods - set(METHODS))
 
 
+def finished(run: RunResult) -> bool:
+    """A run that ran to its end (the rl stage writes ``summary.json`` last); others are still in progress."""
+    return (run.run_dir / "summary.json").is_file()
+
+
+def returns_curve(run: RunResult) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation steps and mean episode returns from ``eval.json`` (success alone hides a rising return)."""
+    path = run.run_dir / "eval.json"
+    curve = json.loads(path.read_text()).get("curve", []) if path.is_file() else []
+    return np.array([c["step"] for c in curve]), np.array([c.get("return", np.nan) for c in curve], dtype=float)
+
+
 def summarise(results: list[RunResult]) -> dict:
-    """Per (task, method): seeds, final and best success per seed, and the evaluation steps reached."""
+    """Per (task, method): seeds, final and best success and final return per seed, and the steps reached."""
     by: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
     for r in results:
         by[(r.task, r.method)].append(r)
@@ -59,6 +71,7 @@ def summarise(results: list[RunResult]) -> dict:
             "seeds": [r.seed for r in runs],
             "final": [r.final_success for r in runs],
             "best": [float(np.max(r.success)) if len(r.success) else None for r in runs],
+            "final_return": [float(returns_curve(r)[1][-1]) if len(returns_curve(r)[1]) else None for r in runs],
             "last_step": [int(r.steps[-1]) if len(r.steps) else 0 for r in runs],
             "runs": [str(r.run_dir) for r in runs],
         }
@@ -71,12 +84,12 @@ def _per_method(summary: dict, tasks: list[str], key: str) -> dict:
     return {t: {m: v[key] for m, v in summary[t].items()} for t in tasks}
 
 
-def _fmt(values: list[float | None]) -> str:
+def _fmt(values: list[float | None], digits: int = 2) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
         return "—"
     mean, std = mean_std(vals)
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def write_figure(results: list[RunResult], path: Path) -> None:
@@ -86,26 +99,30 @@ def write_figure(results: list[RunResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({r.task for r in results})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.8 * len(tasks), 6.2), squeeze=False)
     colors = plt.get_cmap("tab10")
     for col, task in enumerate(tasks):
-        ax = axes[0, col]
         methods = _ordered({r.method for r in results if r.task == task})
         for k, method in enumerate(methods):
             runs = [r for r in results if r.task == task and r.method == method]
-            curve = aggregate_curves(runs)
-            if curve is None:
-                continue
-            steps, mean, sem = curve
-            ax.plot(steps, mean, color=colors(k), lw=1.8, marker="o", ms=3, label=f"{method} (n={len(runs)})")
-            ax.fill_between(steps, mean - sem, mean + sem, color=colors(k), alpha=0.2, lw=0)
-        ax.set_title(task, fontsize=10)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("success rate")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Success rate (mean ± standard error over seeds)", fontsize=10)
+            success = aggregate_curves(runs)
+            with_returns = [RunResult(r.run_dir, r.task, r.method, r.seed, None, *returns_curve(r)) for r in runs]
+            for row, curve in enumerate((success, aggregate_curves(with_returns))):
+                if curve is None:
+                    continue
+                steps, mean, sem = curve
+                ax = axes[row, col]
+                ax.plot(steps, mean, color=colors(k), lw=1.8, marker="o", ms=3, label=f"{method} (n={len(runs)})")
+                ax.fill_between(steps, mean - sem, mean + sem, color=colors(k), alpha=0.2, lw=0)
+        axes[0, col].set_title(task, fontsize=10)
+        axes[0, col].set_ylim(-0.02, 1.02)
+        axes[0, col].set_ylabel("success rate")
+        axes[1, col].set_ylabel("episode return")
+        for ax in axes[:, col]:
+            ax.set_xlabel("environment steps")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Evaluation success and return (mean ± standard error over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -113,14 +130,15 @@ def write_figure(results: list[RunResult], path: Path) -> None:
 
 def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = "", notes: str = "") -> dict:
     """Write ``<name>.json``, ``<name>.png`` and ``<name>.md`` under ``out_dir``; returns the JSON."""
-    results = [r for r in collect_results([cells]) if r.final_success is not None or len(r.steps)]
+    found = collect_results([cells])
+    results = [r for r in found if finished(r) and r.final_success is not None]
+    in_progress = sorted(str(r.run_dir) for r in found if not finished(r))
     if not results:
-        raise SystemExit(f"publish: no rl run with an evaluation under {cells}")
+        raise SystemExit(f"publish: no finished rl run under {cells}")
     summary = summarise(results)
     tasks = sorted(summary)
     commit = checkout_commit(cells)
-    finished = [r for r in results if r.final_success is not None]
-    env_steps = max((int(r.steps[-1]) for r in finished if len(r.steps)), default=0)
+    env_steps = max((int(r.steps[-1]) for r in results if len(r.steps)), default=0)
     doc = {
         "task": tasks[0] if len(tasks) == 1 else tasks,
         "env_steps": env_steps,
@@ -128,6 +146,8 @@ def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = ""
         "methods": _per_method(summary, tasks, "final"),
         "best": _per_method(summary, tasks, "best"),
         "seeds": _per_method(summary, tasks, "seeds"),
+        "final_return": _per_method(summary, tasks, "final_return"),
+        "in_progress": in_progress,
         "commit": commit,
         "command": command,
     }
@@ -148,15 +168,19 @@ def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = ""
         lines += [
             f"## Table I, {task} (success over the evaluation episodes; mean ± sample std over seeds)",
             "",
-            "| Method | final | best during training | per seed (final) | env steps reached |",
-            "|---|---|---|---|---|",
+            "| Method | final success | best during training | per seed (final) | final return | env steps |",
+            "|---|---|---|---|---|---|",
         ]
         for method in _ordered(set(summary[task])):
             v = summary[task][method]
             per_seed = ", ".join("—" if f is None else f"{f:.2f}" for f in v["final"])
             steps = "/".join(str(s) for s in v["last_step"])
-            lines.append(f"| {method} | {_fmt(v['final'])} | {_fmt(v['best'])} | {per_seed} | {steps} |")
+            ret = _fmt(v["final_return"], 0)
+            lines.append(f"| {method} | {_fmt(v['final'])} | {_fmt(v['best'])} | {per_seed} | {ret} | {steps} |")
         lines.append("")
+    if in_progress:
+        lines += ["Not counted (still running when this was published):", ""]
+        lines += [f"- `{d}`" for d in in_progress] + [""]
     lines += ["## Figure 3 at this scale", "", f"![success curves]({name}.png)", ""]
     if notes:  # the reading of the numbers, written by people; the numbers above stay generated
         lines += [notes.rstrip(), ""]
