@@ -70,6 +70,7 @@ import h5py
 import numpy as np
 
 from visarl.annotate.guidance import PARTS, check_parts
+from visarl.core.io import fsync_dir
 from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, clicks_to_map, frame_sigma, maps_from_clicks
 
 JOURNAL_FORMAT = "visarl-annotation-journal"
@@ -143,20 +144,6 @@ def check_frames(frames: np.ndarray, refs: Sequence[Any]) -> tuple[np.ndarray, l
             raise ValueError(f"frame reference {i} must be (str, int), got {r!r}")
         out.append(FrameRef(shard, int(row)))
     return np.ascontiguousarray(frames), out
-
-
-def _fsync_dir(path: Path) -> None:
-    # Make a rename durable; not every platform lets a directory be opened.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _encode(event: dict) -> bytes:
@@ -249,7 +236,7 @@ class AnnotationStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _replay(self) -> None:
         data = self.path.read_bytes()
@@ -631,7 +618,7 @@ class AnnotationStore:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return path
 
     def close(self) -> None:
