@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _resume_helpers import env_for_subprocess as _env
 
 from visarl.data.datamodules import TransitionBatch
 from visarl.data.shards import ShardReader, list_shards
@@ -210,12 +211,6 @@ def _mmae_overrides(tmp_path: Path, ckpt: Path) -> list[str]:
         "saliency=oracle",
         "modalities=[rgb,saliency]",
     ]
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def test_sigkill_resume_reloads_embeddings_and_policy_acts_alike(tmp_path, ckpt, monkeypatch):

@@ -15,16 +15,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _label_helpers import SIZE, tiny_weights, write_shards
 
 from visarl.config import ConfigError
-from visarl.data.shards import ShardReader, ShardWriter, list_shards
+from visarl.data.shards import ShardReader, list_shards
 from visarl.fit import run
 from visarl.saliency.online import PiCANetSaliency
-from visarl.saliency.picanet import PiCANet, save_picanet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "conf" / "label" / "tiny.yaml")
-SIZE = 32  # frame side of the synthetic shards
 
 
 @pytest.fixture(autouse=True)
@@ -33,33 +32,6 @@ def _threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def write_shards(directory: Path, num_steps: int, rows_per_shard: int, seed: int = 0) -> list[Path]:
-    """Random frames in shards: one long episode cut every ``rows_per_shard`` rows."""
-    rng = np.random.default_rng(seed)
-    writer = ShardWriter(directory, rows_per_shard=rows_per_shard, attrs={"task": "reach", "camera": "corner"})
-
-    def obs() -> dict[str, np.ndarray]:
-        return {
-            "rgb": rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
-            "state": rng.standard_normal(39).astype(np.float32),
-        }
-
-    writer.add_first(0, obs())
-    for t in range(num_steps):
-        writer.add_step(0, np.zeros(4, np.float32), 0.0, False, t == num_steps - 1, 0.0, obs())
-    writer.close()
-    return writer.shard_paths
-
-
-def tiny_weights(path: Path, input_size: int = 64, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    net = PiCANet(input_size, width_mult=1 / 16, fc6_dilation=3)
-    with torch.no_grad():  # an untrained net whose maps vary visibly with the frame (mid-range, not ~0)
-        net.decoder[-1].side.weight.mul_(10.0)
-        net.decoder[-1].side.bias.zero_()
-    return save_picanet(net.eval(), path)
 
 
 def expected_maps(weights: Path, rgb: np.ndarray) -> np.ndarray:

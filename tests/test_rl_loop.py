@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _resume_helpers import env_for_subprocess
 
 from visarl.data.shards import ShardReader, dataset_info, list_shards
 from visarl.fit import run
@@ -30,10 +30,6 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]} | {
         f"image:{tag}": [] for tag in ea.Tags()["images"]
     }
-
-
-def env_for_subprocess() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 # ---------------------------------------------------------------- replay

@@ -94,8 +94,8 @@ class SaliencyModule(pl.LightningModule):
         self.mae.update(pred, target)
         self.mae_soft.update(pred, target)
         self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(rgb))
-        if batch_idx == 0:
-            n = self.hparams.num_images
+        n = self.hparams.num_images
+        if batch_idx == 0 and n > 0:
             self._examples = {"rgb": rgb[:n].detach(), "target": target[:n].detach(), "pred": pred[:n].detach()}
 
     def on_validation_epoch_end(self) -> None:

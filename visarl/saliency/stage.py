@@ -105,7 +105,7 @@ class SaliencyConfig(RunConfig):
     val_every: int = 10
     """Evaluate on the held-out frames (and maybe keep a best checkpoint) every this many epochs."""
     num_images: int = 6
-    """Held-out frames shown in the TensorBoard image grid."""
+    """Held-out frames shown in the TensorBoard image grid (0: no grid)."""
     num_workers: int = 0
     """DataLoader worker processes (0: load in the main process; the data is ~30 frames in memory)."""
 
