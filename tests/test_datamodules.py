@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from torch.utils.data import DataLoader
 
 from visarl.data.datamodules import (
+    EpochShuffle,
     FrameDataModule,
     TransitionBatch,
     TransitionDataModule,
@@ -184,6 +185,22 @@ def test_train_loader_is_shuffled(data):
     dm.setup()
     order = keys_of(next(iter(dm.train_dataloader()))["state"])
     assert order != sorted(order) and sorted(order) == sorted(set(order))
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    """A resumed run builds a fresh loader at epoch e: its order must be the one the first process had at epoch e."""
+    kept = EpochShuffle(50, seed=3)
+    orders = []
+    for epoch in range(3):
+        kept.set_epoch(epoch)
+        orders.append(list(kept))
+    assert sorted(orders[0]) == list(range(50)) and len({tuple(o) for o in orders}) == 3
+    fresh = EpochShuffle(50, seed=3)
+    fresh.set_epoch(2)
+    assert list(fresh) == orders[2] and list(fresh) == orders[2]  # and the same when iterated again
+    other = EpochShuffle(50, seed=4)
+    other.set_epoch(2)
+    assert list(other) != orders[2]
 
 
 def test_val_split_is_disjoint_by_episode_and_fixed_by_seed(data):

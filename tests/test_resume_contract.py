@@ -6,17 +6,16 @@ never killed writes.
 ``collect`` with ``policy: random`` or ``scripted`` is not here: it keeps no checkpoint while it runs (its
 ``collect_state.json`` is written once, when it stops), so there is no second checkpoint to kill it after.
 
-Label is deterministic across a resume, so its maps are compared value for value. The others are not, and are
-compared by what is: counters, step indices, dataset sizes, file names, tensor names and shapes.
+Label and pretrain are deterministic across a resume, so their outputs are compared value for value (pretrain's
+every logged metric but throughput, every weight of encoder.pt). The others are compared by what is deterministic:
+counters, step indices, dataset sizes, file names, tensor names and shapes.
 - rl and collect (sac_state): a resumed run resets its envs with a new seed so that it does not replay the episodes
   it already stored.
-- saliency and pretrain: the first data loader iterator of a resumed fit, with its shuffle and (saliency) its
-  augmentations, draws from torch's global generator before any hook could set it back, and Lightning does not
-  checkpoint that generator.
+- saliency: the first data loader iterator of a resumed fit, with its shuffle and augmentations, draws from torch's
+  global generator, which Lightning does not checkpoint.
 Pretrain is made to plateau (a learning rate below float32 resolution, fixed validation masks) so that its best
-checkpoint stays at epoch 0 while the latest moves on; its validation loss is then the same number in both runs.
-Saliency (learning rate 0; its batch norms still move) is killed only once its best checkpoint is older than its
-latest, which the seeded run reaches by its third epoch.
+checkpoint stays at epoch 0 while the latest moves on. Saliency (learning rate 0; its batch norms still move) is
+killed only once its best checkpoint is older than its latest, which the seeded run reaches within its 8 epochs.
 """
 
 from __future__ import annotations
@@ -166,11 +165,12 @@ def saliency_outputs(run_dir: Path, own: Path) -> dict[str, Any]:
 
 def pretrain_outputs(run_dir: Path, own: Path) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
+    encoder = torch.load(run_dir / "encoder.pt", map_location="cpu", weights_only=True)["state_dict"]
     return {
         "files": files(run_dir),
         "counts": {k: summary[k] for k in ("epochs_completed", "global_step", "train_frames", "val_frames")},
-        "val_loss": summary["metrics"]["val/loss"],  # the plateau's
-        "encoder": shapes(run_dir / "encoder.pt"),
+        "metrics": {k: v for k, v in summary["metrics"].items() if k != "train/images_per_s"},
+        "encoder": {k: (tuple(v.shape), v.numpy().tobytes()) for k, v in encoder.items()},
     }
 
 

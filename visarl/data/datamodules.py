@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from visarl.data.shards import ROW_FIELDS, ShardError, ShardReader, open_shards
 
@@ -370,6 +370,29 @@ def split_by_episode(episodes: np.ndarray, val_fraction: float, seed: int) -> tu
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
+class EpochShuffle(Sampler[int]):
+    """A fresh random order of ``range(n)`` each epoch, drawn from ``(seed, epoch)`` alone.
+
+    Lightning calls :meth:`set_epoch` before each training epoch, so a run resumed at epoch e shuffles epochs e, e+1,
+    ... as the run never stopped would have. (A DataLoader ``generator`` instead restarts at its seed in the
+    resumed process, so the resumed epochs would repeat the first epochs' orders.)
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        seed = np.random.SeedSequence([self.seed % (1 << 63), self.epoch]).generate_state(1, np.uint64)[0]
+        g = torch.Generator().manual_seed(int(seed) % (1 << 63))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 class FrameDataModule(pl.LightningDataModule):
     """Frames (rgb and, after labelling, saliency) for pretraining; optional episode-level validation split."""
 
@@ -415,12 +438,11 @@ class FrameDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             collate_fn=passthrough_collate,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -82,10 +82,14 @@ class MultiMAEModule(pl.LightningModule):
                 dec.compile()
             self._compiled = True
 
-    def on_train_start(self) -> None:
-        # runs after a checkpoint's loops and optimiser were restored, so global_step is the resumed one
+    def on_train_epoch_start(self) -> None:
+        # Masks and crops are drawn from a generator seeded by the step each epoch starts at, so a run resumed at an
+        # epoch boundary draws what a run never stopped would have.
         self._rng = torch.Generator(device=self.device)
         self._rng.manual_seed(hash((self.seed, self.global_rank, self.global_step)) % (1 << 62))
+
+    def on_train_start(self) -> None:
+        # runs after a checkpoint's loops and optimiser were restored, so global_step is the resumed one
         # a resumed run restores the lr its checkpoint held; with a changed max_epochs that belongs to the old
         # schedule until the scheduler's next step, so set this step's value now
         sched = self.lr_schedulers()
