@@ -128,9 +128,8 @@ def offline(argv: list[str]) -> None:
     import numpy as np
     import torch
 
-    from visarl.data.datamodules import shard_readers
+    from visarl.data.datamodules import ReplayBuffer, shard_readers
     from visarl.rl.encoders import PixelCNN
-    from visarl.rl.replay import ReplayBuffer
     from visarl.rl.sac import SACAgent, make_optimizers
 
     parser = argparse.ArgumentParser(prog="bf16_reach.py offline")

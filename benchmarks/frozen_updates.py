@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from visarl.data.datamodules import ReplayBuffer
 from visarl.mae import FrameEmbedder, build_multimae, load_encoder, save_checkpoint
 from visarl.rl.encoders import IdentityEncoder, make_encoder, to_unit
 from visarl.rl.module import batch_to
 from visarl.rl.networks import trunk
-from visarl.rl.replay import ReplayBuffer
 from visarl.rl.sac import SACAgent, make_optimizers
 
 A, IMG, B = 4, 64, 128

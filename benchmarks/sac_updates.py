@@ -34,10 +34,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from visarl.data.datamodules import ReplayBuffer
 from visarl.rl.encoders import IdentityEncoder, PixelCNN
 from visarl.rl.module import batch_to
 from visarl.rl.networks import trunk
-from visarl.rl.replay import ReplayBuffer
 from visarl.rl.sac import SACAgent, make_optimizers
 from visarl.rl.stage import native_bf16
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from _resume_helpers import env_for_subprocess
 
+from visarl.data.datamodules import ReplayBuffer, TransitionDataModule
 from visarl.data.shards import ShardReader, dataset_info, list_shards
 from visarl.fit import run
-from visarl.rl.replay import Replay, ReplayBuffer
+from visarl.rl.replay import Replay
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "conf/rl/tiny.yaml"  # 60 steps, 20-step episodes, eval every 30 over 2 episodes, checkpoints every 20
@@ -93,6 +94,43 @@ def test_replay_transitions_never_cross_episodes(tmp_path, capacity):
     b = buf.sample(1024, np.random.default_rng(2))
     np.testing.assert_array_equal(b.next_obs["state"][:, 2].numpy(), b.obs["state"][:, 2].numpy() + 1)
     np.testing.assert_array_equal(b.next_obs["state"][:, 1].numpy(), b.obs["state"][:, 1].numpy())
+
+
+def _transitions(buf: ReplayBuffer) -> np.ndarray:
+    """(stream, episode, step) of every transition a buffer holds, sorted: [T, 3]."""
+    rows = np.flatnonzero(buf.has_next[: buf.size])
+    tags = buf.obs["state"][rows, :3]
+    return tags[np.lexsort(tags.T[::-1])]
+
+
+def test_loop_replay_is_a_datamodule_cached_in_the_buffer_it_appends_to(tmp_path):
+    n = 2
+    spec = {"rgb": ((3, 8, 8), np.dtype(np.uint8)), "state": ((39,), np.dtype(np.float32))}
+    replay = Replay(tmp_path, n, 1000, ("rgb", "state"), spec, 4, 16, {"task": "t"}, prefix="t", batch_size=64)
+    dm = replay.datamodule
+    assert isinstance(dm, TransitionDataModule) and dm.buffer is replay.buffer  # one in-memory replay
+    streams, episode, step = np.arange(n), np.arange(n), np.zeros(n, int)
+    replay.start(_stream_obs(streams, episode, step))
+
+    def advance(k: int) -> None:
+        for _ in range(k):
+            step[:] += 1
+            replay.step(np.zeros((n, 4)), np.ones(n), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n),
+                        _stream_obs(streams, episode, step))  # fmt: skip
+
+    advance(5)
+    batches = iter(dm.train_dataloader())  # the module's own DataLoader, in this process
+    assert next(batches).obs["state"][:, 2].max() <= 4
+    advance(20)  # appended after the iterator started: its next batches see them
+    later = next(batches)
+    assert later.obs["state"].shape == (64, 39) and later.obs["state"][:, 2].max() > 4
+    assert replay.sample(8, np.random.default_rng(0)).obs["rgb"].shape == (8, 3, 8, 8)
+    replay.close()
+    # the shards it wrote, cached by a fresh module, hold exactly the transitions of the live one
+    reloaded = TransitionDataModule(str(tmp_path), batch_size=8, cache=True)
+    reloaded.setup()
+    assert np.array_equal(_transitions(reloaded.buffer), _transitions(replay.buffer))
+    assert len(reloaded.buffer) == 25 * n
 
 
 # ---------------------------------------------------------------- stage rl / collect end to end

@@ -4,7 +4,8 @@ Both read shards written by :class:`visarl.data.shards.ShardWriter` in one or se
 gather whole batches at once (one read per shard and field per batch, numpy gathers when cached), instead
 of one Python call per sample. Without ``cache`` only row bookkeeping (a few bytes a row) lives in memory
 and rows are read from the files (memory-mapped when stored contiguous); with ``cache`` the requested
-fields of every shard are loaded once into numpy, images already in ``[N, C, H, W]`` layout.
+fields of every shard are loaded once into numpy, images already in ``[N, C, H, W]`` layout: for transitions,
+into a :class:`ReplayBuffer`, the same in-memory replay the SAC loop appends to (:mod:`visarl.rl.replay`).
 
 Images come out as uint8 ``[B, C, H, W]`` (models convert to float on the device, so the host-to-device copy
 is 4x smaller); state and actions as float32.
@@ -12,7 +13,7 @@ is 4x smaller); state and actions as float32.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -87,13 +88,18 @@ def _chw_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _to_chw(rows: np.ndarray) -> np.ndarray:
-    """[N, H, W, C] -> contiguous [N, C, H, W]; [N, H, W] -> [N, 1, H, W]; other ranks unchanged."""
+def chw(rows: np.ndarray) -> np.ndarray:
+    """Rows as the models see them: [N, H, W, C] -> [N, C, H, W], [N, H, W] -> [N, 1, H, W], vectors unchanged."""
     if rows.ndim == 4:
-        return np.ascontiguousarray(rows.transpose(0, 3, 1, 2))
+        return rows.transpose(0, 3, 1, 2)
     if rows.ndim == 3:
         return rows[:, None]
     return rows
+
+
+def _to_chw(rows: np.ndarray) -> np.ndarray:
+    """:func:`chw`, images made contiguous."""
+    return np.ascontiguousarray(chw(rows)) if rows.ndim == 4 else chw(rows)
 
 
 def _load_rows(readers: Sequence[ShardReader], key: str, rows: Sequence[np.ndarray]) -> np.ndarray:
@@ -130,12 +136,117 @@ def _rank() -> int:
 # transitions
 
 
-class TransitionDataset(IterableDataset):
-    """Endless batches of transitions drawn uniformly with replacement over every transition of every shard.
+class ReplayBuffer:
+    """Rows of observations in a ring of ``capacity`` rows; transitions are links ``row -> next_row``.
 
-    Each DataLoader worker (and DDP rank) draws from its own generator seeded with ``(seed, rank, worker,
-    iteration)``, so workers never repeat each other and a restarted iteration does not replay the last one.
-    Within a batch, transitions are ordered by shard and row (the draw itself is uniform).
+    ``obs_spec`` maps each stored key to its per-row shape and dtype (images ``[C, H, W]``). Rows are written by
+    :meth:`add_obs` and linked by :meth:`add_transitions`. When the ring wraps, the oldest rows are overwritten
+    and their transitions dropped; a next observation is always newer than its observation, so a surviving
+    transition never points at an overwritten row.
+    """
+
+    def __init__(
+        self, capacity: int, obs_spec: Mapping[str, tuple[tuple[int, ...], np.dtype]], action_dim: int
+    ) -> None:
+        if capacity < 2:
+            raise ValueError(f"replay capacity must be >= 2 rows, got {capacity}")
+        self.capacity = int(capacity)
+        self.keys = tuple(obs_spec)
+        # np.empty reserves address space only: pages are touched as rows are written
+        self.obs = {k: np.empty((self.capacity, *shape), dtype) for k, (shape, dtype) in obs_spec.items()}
+        self.action = np.zeros((self.capacity, action_dim), np.float32)
+        self.reward = np.zeros(self.capacity, np.float32)
+        self.terminated = np.zeros(self.capacity, bool)
+        self.truncated = np.zeros(self.capacity, bool)
+        self.has_next = np.zeros(self.capacity, bool)
+        self.next_row = np.zeros(self.capacity, np.int64)
+        self.serial = np.full(self.capacity, -1, np.int64)  # total rows written when each row was written
+        self.rows_written = 0
+        self.num_transitions = 0  # links made and not yet overwritten
+
+    @property
+    def size(self) -> int:
+        """Rows currently held."""
+        return min(self.rows_written, self.capacity)
+
+    def __len__(self) -> int:
+        return self.num_transitions
+
+    def add_obs(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Append n observations (``{key: [n, ...]}``, every stored key); returns their rows [n]."""
+        n = len(next(iter(obs.values())))
+        serial = np.arange(self.rows_written, self.rows_written + n)
+        rows = serial % self.capacity
+        dropped = int(self.has_next[rows].sum())
+        self.num_transitions -= dropped
+        self.has_next[rows] = False
+        for k in self.keys:
+            self.obs[k][rows] = obs[k]
+        self.serial[rows] = serial
+        self.rows_written += n
+        return rows
+
+    def add_transitions(
+        self,
+        rows: np.ndarray,
+        next_rows: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
+        """Link ``rows`` [n] to ``next_rows`` [n] with the action taken and what followed."""
+        oldest = self.rows_written - self.capacity
+        if np.any(self.serial[rows] < oldest) or np.any(self.serial[rows] < 0):
+            raise RuntimeError("replay capacity too small: an observation was overwritten before its next one came")
+        self.action[rows] = action
+        self.reward[rows] = reward
+        self.terminated[rows] = terminated
+        self.truncated[rows] = truncated
+        self.next_row[rows] = next_rows
+        self.num_transitions += int((~self.has_next[rows]).sum())
+        self.has_next[rows] = True
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> TransitionBatch:
+        """B transitions drawn uniformly with replacement (CPU tensors; images uint8 [B, C, H, W])."""
+        if self.num_transitions == 0:
+            raise ValueError("the replay holds no transitions yet")
+        rows = np.empty(0, np.int64)
+        # Rejection: only the newest row of each stream and the last rows of episodes lack a next observation.
+        while len(rows) < batch_size:
+            draw = rng.integers(0, self.size, 2 * batch_size)
+            rows = np.concatenate((rows, draw[self.has_next[draw]]))
+        rows = rows[:batch_size]
+        both = np.concatenate((rows, self.next_row[rows]))  # one gather per key for obs and next obs, [2B, ...]
+        pairs = {k: torch.from_numpy(np.take(v, both, axis=0)) for k, v in self.obs.items()}
+        return TransitionBatch(
+            obs={k: v[:batch_size] for k, v in pairs.items()},
+            action=torch.from_numpy(self.action[rows]),
+            reward=torch.from_numpy(self.reward[rows]),
+            next_obs={k: v[batch_size:] for k, v in pairs.items()},
+            terminated=torch.from_numpy(self.terminated[rows]),
+            truncated=torch.from_numpy(self.truncated[rows]),
+        )
+
+    def load_shard(self, reader: ShardReader) -> int:
+        """Append every row of a shard (its transitions linked as stored); returns the transitions added."""
+        data = {k: chw(reader.read(k)) for k in self.keys}
+        rows = self.add_obs(data)
+        t = reader.transition_indices()
+        if len(t):
+            fields = {f: reader.read(f, t) for f in ("action", "reward", "terminated", "truncated")}
+            self.add_transitions(rows[t], rows[t + 1], **fields)
+        return len(t)
+
+
+class TransitionDataset(IterableDataset):
+    """Endless batches of transitions drawn uniformly with replacement over every transition it holds.
+
+    The transitions are those of ``readers``' shards, read from the files per batch, or, with ``cache``, loaded
+    once into a :class:`ReplayBuffer` (:meth:`from_buffer` gives a dataset over a buffer another party fills: the
+    SAC loop's replay). Each DataLoader worker (and DDP rank) draws from its own generator seeded with ``(seed,
+    rank, worker, iteration)``, so workers never repeat each other and a restarted iteration does not replay the
+    last one. Read from the files, a batch's transitions are ordered by shard and row (the draw itself is uniform).
     """
 
     def __init__(
@@ -165,36 +276,42 @@ class TransitionDataset(IterableDataset):
             raise ValueError(f"no transitions in {[str(r.path) for r in self.readers]}")
         self.obs_shapes = {k: _chw_shape(self.readers[0].fields[k][0][1:]) for k in self.keys}
         self.action_dim = int(self.readers[0].fields["action"][0][1])
-        self._cache: dict[str, np.ndarray] | None = None
+        self.buffer: ReplayBuffer | None = None
+        """The rows in memory (``cache``); None when batches are read from the files."""
         if cache:
-            # rows of all shards back to back, so a transition's next observation is its global row + 1
-            every = [np.arange(len(r)) for r in self.readers]
-            self._cache = {k: _load_rows(self.readers, k, every) for k in self.keys + TRANSITION_FIELDS}
-            offsets = np.cumsum([0] + [len(r) for r in self.readers])[:-1]
-            self._rows = offsets[self._shard] + self._rows
+            spec = {k: (self.obs_shapes[k], self.readers[0].fields[k][1]) for k in self.keys}
+            self.buffer = ReplayBuffer(sum(len(r) for r in self.readers), spec, self.action_dim)
             for r in self.readers:
+                self.buffer.load_shard(r)
                 r.close()  # no HDF5 handle may cross the fork into workers
+
+    @classmethod
+    def from_buffer(cls, buffer: ReplayBuffer, batch_size: int, seed: int = 0, rank: int = 0) -> TransitionDataset:
+        """A dataset over ``buffer`` as it is filled (empty at first). Sample it in the process that fills it:
+        a DataLoader worker would see the buffer as it was when the worker started."""
+        ds = cls.__new__(cls)
+        IterableDataset.__init__(ds)
+        ds.readers, ds.batch_size, ds.keys = [], int(batch_size), buffer.keys
+        ds.seed, ds.rank, ds._iterations = int(seed), int(rank), 0
+        ds._rows, ds._shard = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        ds.obs_shapes = {k: v.shape[1:] for k, v in buffer.obs.items()}
+        ds.action_dim = buffer.action.shape[1]
+        ds.buffer = buffer
+        return ds
 
     @property
     def num_transitions(self) -> int:
         """Distinct transitions sampled from (no ``__len__``: the stream is endless, not an epoch)."""
-        return len(self._rows)
+        return len(self.buffer) if self.buffer is not None else len(self._rows)
 
-    def sample(self, rng: np.random.Generator) -> TransitionBatch:
-        """One batch of ``batch_size`` transitions drawn with ``rng``."""
-        draw = rng.integers(0, len(self._rows), self.batch_size)
-        if self._cache is not None:
-            rows = self._rows[draw]  # global rows; [B]
-            c = self._cache
-            arrays = {f: c[f][rows] for f in TRANSITION_FIELDS}
-            # obs and next obs in one gather per key, [2B, ...]; np.take is a bit faster than [] indexing
-            both = np.concatenate((rows, rows + 1))
-            pairs = {k: torch.from_numpy(np.take(c[k], both, axis=0)) for k in self.keys}
-            obs = {k: v[: len(rows)] for k, v in pairs.items()}  # contiguous halves, no copy
-            nxt = {k: v[len(rows) :] for k, v in pairs.items()}
-        else:
-            draw.sort()  # groups the draw by shard: one gather per shard and field
-            obs, nxt, arrays = self._read(self._shard[draw], self._rows[draw])
+    def sample(self, rng: np.random.Generator, batch_size: int | None = None) -> TransitionBatch:
+        """One batch of ``batch_size`` (default: the dataset's) transitions drawn with ``rng``."""
+        b = self.batch_size if batch_size is None else batch_size
+        if self.buffer is not None:
+            return self.buffer.sample(b, rng)
+        draw = rng.integers(0, len(self._rows), b)
+        draw.sort()  # groups the draw by shard: one gather per shard and field
+        obs, nxt, arrays = self._read(self._shard[draw], self._rows[draw])
         return TransitionBatch(
             obs=obs,
             action=torch.from_numpy(arrays["action"]),
@@ -238,8 +355,10 @@ class TransitionDataset(IterableDataset):
 class TransitionDataModule(pl.LightningDataModule):
     """Uniform replay sampling of transitions from shards, as an endless stream of :class:`TransitionBatch`.
 
-    ``cache=True`` loads the requested fields of every shard into memory once (fastest; the arrays are
-    shared copy-on-write with forked workers); otherwise rows are read from the files per batch.
+    ``cache=True`` loads the requested fields of every shard into memory once, into a :class:`ReplayBuffer`
+    (fastest; the arrays are shared copy-on-write with forked workers); otherwise rows are read from the files per
+    batch. The SAC loop's replay is one made by :meth:`over_buffer`: its cache is the buffer the loop appends to
+    as it steps (and the shards it writes are the durable copy), and the loop draws each batch with :meth:`sample`.
     """
 
     def __init__(
@@ -259,6 +378,27 @@ class TransitionDataModule(pl.LightningDataModule):
         self.seed = seed
         self.keys = tuple(keys)
         self.dataset: TransitionDataset | None = None
+
+    @classmethod
+    def over_buffer(
+        cls, buffer: ReplayBuffer, data_dir: str | Path, batch_size: int = 128, seed: int = 0, rank: int = 0
+    ) -> TransitionDataModule:
+        """A module whose cache is ``buffer``, filled by its owner (empty at first; ``data_dir`` holds the shards
+        the owner writes). Batches come from :meth:`sample`, or from ``train_dataloader()`` without workers."""
+        dm = cls(str(data_dir), batch_size, cache=True, num_workers=0, seed=seed, keys=buffer.keys)
+        dm.dataset = TransitionDataset.from_buffer(buffer, batch_size, seed, rank)
+        return dm
+
+    @property
+    def buffer(self) -> ReplayBuffer | None:
+        """The in-memory rows (``cache=True``, after :meth:`setup`)."""
+        return self.dataset.buffer if self.dataset is not None else None
+
+    def sample(self, rng: np.random.Generator, batch_size: int | None = None) -> TransitionBatch:
+        """One batch drawn with ``rng`` in this process, without a DataLoader (the SAC loop's way)."""
+        if self.dataset is None:
+            self.setup("fit")
+        return self.dataset.sample(rng, batch_size)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:

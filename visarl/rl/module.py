@@ -225,6 +225,7 @@ class SACLoop(pl.LightningModule):
             attrs=s.shard_attrs,
             prefix=s.shard_prefix,
             writer_id=rank,
+            batch_size=s.batch_size,
         )
         ranks = (self._restored or {}).get("ranks")
         if ranks is not None and len(ranks) != self.world_size:

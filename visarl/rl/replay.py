@@ -1,10 +1,11 @@
-"""The SAC replay: an in-memory buffer that samples transitions, mirrored row for row to HDF5 shards.
+"""The SAC replay: a :class:`~visarl.data.datamodules.TransitionDataModule` the loop appends to and samples from,
+mirrored row for row to HDF5 shards.
 
-Every observation the loop sees becomes one row of a :class:`ReplayBuffer` (numpy, images ``[C, H, W]``) and one
-row of a :class:`~visarl.data.shards.ShardWriter`; a transition links a row to the row of its next observation.
-Batches are drawn from memory: a numpy gather of 2B rows (~10 us a frame for 64x64 rgb) instead of reading the
-shards (measured in benchmarks/sac_updates.py's notes and the issue report); the shards are the durable copy,
-the pretraining dataset, and what a resumed run reloads.
+Every observation the loop sees becomes one row of the module's cache, a :class:`ReplayBuffer` (numpy, images
+``[C, H, W]``), and one row of a :class:`~visarl.data.shards.ShardWriter`; a transition links a row to the row of
+its next observation. Batches are drawn from memory, through the module (a numpy gather of 2B rows, as fast as
+plain numpy indexing: benchmarks/datamodule.py); the shards are the durable copy, the pretraining dataset, and
+what a resumed run reloads into the same cache.
 
 Episodes from several env streams interleave in time, so a transition's next observation is found through
 ``next_row`` rather than ``row + 1``; a link is only ever made inside one episode of one stream, so a sampled
@@ -25,129 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from visarl.data.datamodules import TransitionBatch
+from visarl.data.datamodules import ReplayBuffer, TransitionBatch, TransitionDataModule, chw
 from visarl.data.shards import ShardReader, ShardWriter
-
-
-def chw(rows: np.ndarray) -> np.ndarray:
-    """Rows as the models see them: [N, H, W, C] -> [N, C, H, W], [N, H, W] -> [N, 1, H, W], vectors unchanged."""
-    if rows.ndim == 4:
-        return rows.transpose(0, 3, 1, 2)
-    if rows.ndim == 3:
-        return rows[:, None]
-    return rows
-
-
-class ReplayBuffer:
-    """Rows of observations in a ring of ``capacity`` rows; transitions are links ``row -> next_row``.
-
-    ``obs_spec`` maps each stored key to its per-row shape and dtype (images ``[C, H, W]``). Rows are written by
-    :meth:`add_obs` and linked by :meth:`add_transitions`. When the ring wraps, the oldest rows are overwritten
-    and their transitions dropped; a next observation is always newer than its observation, so a surviving
-    transition never points at an overwritten row.
-    """
-
-    def __init__(
-        self, capacity: int, obs_spec: Mapping[str, tuple[tuple[int, ...], np.dtype]], action_dim: int
-    ) -> None:
-        if capacity < 2:
-            raise ValueError(f"replay capacity must be >= 2 rows, got {capacity}")
-        self.capacity = int(capacity)
-        self.keys = tuple(obs_spec)
-        # np.empty reserves address space only: pages are touched as rows are written
-        self.obs = {k: np.empty((self.capacity, *shape), dtype) for k, (shape, dtype) in obs_spec.items()}
-        self.action = np.zeros((self.capacity, action_dim), np.float32)
-        self.reward = np.zeros(self.capacity, np.float32)
-        self.terminated = np.zeros(self.capacity, bool)
-        self.truncated = np.zeros(self.capacity, bool)
-        self.has_next = np.zeros(self.capacity, bool)
-        self.next_row = np.zeros(self.capacity, np.int64)
-        self.serial = np.full(self.capacity, -1, np.int64)  # total rows written when each row was written
-        self.rows_written = 0
-        self.num_transitions = 0  # links made and not yet overwritten
-
-    @property
-    def size(self) -> int:
-        """Rows currently held."""
-        return min(self.rows_written, self.capacity)
-
-    def __len__(self) -> int:
-        return self.num_transitions
-
-    def add_obs(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Append n observations (``{key: [n, ...]}``, every stored key); returns their rows [n]."""
-        n = len(next(iter(obs.values())))
-        serial = np.arange(self.rows_written, self.rows_written + n)
-        rows = serial % self.capacity
-        dropped = int(self.has_next[rows].sum())
-        self.num_transitions -= dropped
-        self.has_next[rows] = False
-        for k in self.keys:
-            self.obs[k][rows] = obs[k]
-        self.serial[rows] = serial
-        self.rows_written += n
-        return rows
-
-    def add_transitions(
-        self,
-        rows: np.ndarray,
-        next_rows: np.ndarray,
-        action: np.ndarray,
-        reward: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-    ) -> None:
-        """Link ``rows`` [n] to ``next_rows`` [n] with the action taken and what followed."""
-        oldest = self.rows_written - self.capacity
-        if np.any(self.serial[rows] < oldest) or np.any(self.serial[rows] < 0):
-            raise RuntimeError("replay capacity too small: an observation was overwritten before its next one came")
-        self.action[rows] = action
-        self.reward[rows] = reward
-        self.terminated[rows] = terminated
-        self.truncated[rows] = truncated
-        self.next_row[rows] = next_rows
-        self.num_transitions += int((~self.has_next[rows]).sum())
-        self.has_next[rows] = True
-
-    def sample(self, batch_size: int, rng: np.random.Generator) -> TransitionBatch:
-        """B transitions drawn uniformly with replacement (CPU tensors; images uint8 [B, C, H, W])."""
-        if self.num_transitions == 0:
-            raise ValueError("the replay holds no transitions yet")
-        rows = np.empty(0, np.int64)
-        # Rejection: only the newest row of each stream and the last rows of episodes lack a next observation.
-        while len(rows) < batch_size:
-            draw = rng.integers(0, self.size, 2 * batch_size)
-            rows = np.concatenate((rows, draw[self.has_next[draw]]))
-        rows = rows[:batch_size]
-        both = np.concatenate((rows, self.next_row[rows]))  # one gather per key for obs and next obs, [2B, ...]
-        pairs = {k: torch.from_numpy(np.take(v, both, axis=0)) for k, v in self.obs.items()}
-        return TransitionBatch(
-            obs={k: v[:batch_size] for k, v in pairs.items()},
-            action=torch.from_numpy(self.action[rows]),
-            reward=torch.from_numpy(self.reward[rows]),
-            next_obs={k: v[batch_size:] for k, v in pairs.items()},
-            terminated=torch.from_numpy(self.terminated[rows]),
-            truncated=torch.from_numpy(self.truncated[rows]),
-        )
-
-    def load_shard(self, reader: ShardReader) -> int:
-        """Append every row of a shard (its transitions linked as stored); returns the transitions added."""
-        data = {k: chw(reader.read(k)) for k in self.keys}
-        rows = self.add_obs(data)
-        t = reader.transition_indices()
-        if len(t):
-            fields = {f: reader.read(f, t) for f in ("action", "reward", "terminated", "truncated")}
-            self.add_transitions(rows[t], rows[t + 1], **fields)
-        return len(t)
-
 
 _SHARD = re.compile(r"^(?P<prefix>.+)-w(?P<writer>\d+)-(?P<index>\d{6,})\.h5$")
 
 
 class Replay:
-    """The loop's replay: n env streams feeding a :class:`ReplayBuffer` and a :class:`ShardWriter` together.
+    """The loop's replay: n env streams feeding a :class:`TransitionDataModule`'s cache and a :class:`ShardWriter`.
 
     ``buffer_keys`` are kept in memory (what the encoder reads); every observation key goes to the shards
     (frames and states always, saliency when the loop computes it). Observations arrive as the vector env
@@ -166,6 +53,7 @@ class Replay:
         attrs: Mapping[str, Any],
         prefix: str,
         writer_id: int = 0,
+        batch_size: int = 128,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.num_streams = num_streams
@@ -175,7 +63,9 @@ class Replay:
         self.attrs = dict(attrs)
         # An observation waits at most two vector steps for its next one, each adding <= 2 rows a stream.
         capacity = max(int(capacity), 4 * num_streams + 2)
-        self.buffer = ReplayBuffer(capacity, {k: obs_spec[k] for k in buffer_keys}, action_dim)
+        buffer = ReplayBuffer(capacity, {k: obs_spec[k] for k in buffer_keys}, action_dim)
+        self.datamodule = TransitionDataModule.over_buffer(buffer, self.data_dir, batch_size, rank=writer_id)
+        self.buffer = buffer  # the module's cache, appended to below
         self.writer: ShardWriter | None = None
         self.shards: list[str] = []  # complete shards of this run and writer, in order
         self._current = np.zeros(num_streams, np.int64)  # buffer row of each stream's latest observation
@@ -237,7 +127,7 @@ class Replay:
             self.writer.shard_paths.clear()
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> TransitionBatch:
-        return self.buffer.sample(batch_size, rng)
+        return self.datamodule.sample(rng, batch_size)
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
