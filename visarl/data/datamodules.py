@@ -211,12 +211,13 @@ class ReplayBuffer:
         """B transitions drawn uniformly with replacement (CPU tensors; images uint8 [B, C, H, W])."""
         if self.num_transitions == 0:
             raise ValueError("the replay holds no transitions yet")
-        rows = np.empty(0, np.int64)
-        # Rejection: only the newest row of each stream and the last rows of episodes lack a next observation.
-        while len(rows) < batch_size:
-            draw = rng.integers(0, self.size, 2 * batch_size)
-            rows = np.concatenate((rows, draw[self.has_next[draw]]))
-        rows = rows[:batch_size]
+        # Rejection: only the newest row of each stream and the last rows of episodes lack a next observation, so
+        # redrawing the few rows that do is cheaper than drawing among the linked rows.
+        rows = rng.integers(0, self.size, batch_size)
+        unlinked = np.flatnonzero(~self.has_next[rows])
+        while len(unlinked):
+            rows[unlinked] = rng.integers(0, self.size, len(unlinked))
+            unlinked = unlinked[~self.has_next[rows[unlinked]]]
         both = np.concatenate((rows, self.next_row[rows]))  # one gather per key for obs and next obs, [2B, ...]
         pairs = {k: torch.from_numpy(np.take(v, both, axis=0)) for k, v in self.obs.items()}
         return TransitionBatch(
