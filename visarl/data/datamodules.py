@@ -235,7 +235,7 @@ class ReplayBuffer:
         rows = self.add_obs(data)
         t = reader.transition_indices()
         if len(t):
-            fields = {f: reader.read(f, t) for f in ("action", "reward", "terminated", "truncated")}
+            fields = {f: reader.read(f, t) for f in TRANSITION_FIELDS}
             self.add_transitions(rows[t], rows[t + 1], **fields)
         return len(t)
 
