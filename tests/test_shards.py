@@ -31,6 +31,7 @@ from visarl.data.shards import (
     ShardWriter,
     dataset_info,
     list_shards,
+    parse_shard_name,
     summarize,
     write_field,
 )
@@ -387,7 +388,8 @@ def test_sigkill_mid_shard_leaves_only_whole_shards(tmp_path: Path):
     data = tmp_path / "data"
     _kill(_start_child(tmp_path, str(data), "hang", "0", "40"))
     temps = sorted(p.name for p in data.iterdir() if p.name.startswith("."))
-    assert temps == [".shard-w0-000002.h5.tmp"]  # the third shard: all data written, complete not yet set
+    assert len(temps) == 1 and temps[0].startswith(".shard-w0-000002.h5.")  # the third shard: data all written,
+    assert temps[0].endswith(".tmp")  # but complete not yet set
     assert (data / temps[0]).stat().st_size > 0  # it really was killed mid-shard
     paths = _accepted_shards_are_whole(data)
     assert [p.name for p in paths] == ["shard-w0-000000.h5", "shard-w0-000001.h5"]
@@ -450,3 +452,12 @@ def test_copied_directory_reads_the_same(tmp_path: Path):
     truth = simple_dataset(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     check_against_truth(tmp_path / "b", truth)
+
+
+def test_parse_shard_name_reads_what_the_writer_names(tmp_path: Path):
+    path = _good_shard(tmp_path)
+    parsed = parse_shard_name(path.name)
+    assert parsed is not None and (parsed.prefix, parsed.writer, parsed.index) == ("shard", 0, 0)
+    assert parse_shard_name("run-a-w12-001234.h5") == ("run-a", 12, 1234)
+    for name in ("shard-w0-12.h5", "shard-0-000001.h5", ".shard-w0-000001.h5.tmp", "notes.txt"):
+        assert parse_shard_name(name) is None

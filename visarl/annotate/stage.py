@@ -53,6 +53,7 @@ from visarl.annotate.store import AnnotationStore, load_annotations
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
 from visarl.core.io import atomic_write_json
 from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, frame_sigma
+from visarl.data.shards import default_data_dir
 from visarl.registry import RunContext, register_stage
 
 COVERAGE_MAX_FRAMES = 50_000
@@ -151,7 +152,7 @@ def _same_task(a: str, b: str) -> bool:
 
 def resolve_paths(cfg: AnnotateConfig) -> tuple[Path, Path, Path, str]:
     """``(data_dir, store, export, annotator_id)`` with the defaults filled in."""
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else Path("data") / cfg.task / "replay"
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
     who = cfg.annotator_id or cfg.annotator
     home = data_dir.parent
     store = Path(cfg.store) if cfg.store else home / "annotations" / f"{who}.jsonl"

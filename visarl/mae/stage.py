@@ -25,6 +25,7 @@ import torch
 from visarl.config import ConfigError, RunConfig, choice
 from visarl.core.io import atomic_write_json
 from visarl.core.runtime import build_trainer, checkpoint_callbacks, quiet_lightning, resume_checkpoint
+from visarl.data.shards import default_data_dir
 from visarl.mae.augment import PairedAugment
 from visarl.mae.frozen import save_checkpoint
 from visarl.mae.loss import LOSS_KINDS, REDUCTIONS, ReconstructionLoss
@@ -237,7 +238,7 @@ class PretrainConfig(RunConfig):
                 raise ConfigError(f"{key}: {unknown} are not outputs of this model {sorted(outputs)}")
 
     def resolved_data_dirs(self) -> list[Path]:
-        return [Path(d) for d in self.data_dirs] if self.data_dirs else [Path("data") / self.task / "replay"]
+        return [Path(d) for d in self.data_dirs] if self.data_dirs else [default_data_dir(self.task)]
 
 
 def build_model(cfg: PretrainConfig, fused_attn: bool = True) -> MultiMAE:

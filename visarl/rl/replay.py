@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from visarl.data.datamodules import TransitionBatch
-from visarl.data.shards import ShardReader, ShardWriter
+from visarl.data.shards import ShardReader, ShardWriter, parse_shard_name
 
 
 def chw(rows: np.ndarray) -> np.ndarray:
@@ -143,9 +143,6 @@ class ReplayBuffer:
         return len(t)
 
 
-_SHARD = re.compile(r"^(?P<prefix>.+)-w(?P<writer>\d+)-(?P<index>\d{6,})\.h5$")
-
-
 class Replay:
     """The loop's replay: n env streams feeding a :class:`ReplayBuffer` and a :class:`ShardWriter` together.
 
@@ -258,9 +255,9 @@ class Replay:
         """Shard files of this run's prefix and writer in ``data_dir``, ordered by index."""
         found = []
         for path in self.data_dir.glob(f"*-w{self.writer_id}-*.h5"):
-            m = _SHARD.match(path.name)
-            if m and m["prefix"] == self.prefix and int(m["writer"]) == self.writer_id:
-                found.append((int(m["index"]), path))
+            name = parse_shard_name(path.name)
+            if name and name.prefix == self.prefix and name.writer == self.writer_id:
+                found.append((name.index, path))
         return [p for _, p in sorted(found)]
 
     def restore(self, shards: Sequence[str]) -> int:

@@ -305,8 +305,7 @@ class LabelConfig(RunConfig):
 def _label_inputs(cfg: LabelConfig) -> tuple[Path, list[Path], Path]:
     """The shard directory, its shards (each opened and validated) and the PiCANet weights; ConfigError if any is
     missing or unreadable."""
-    from visarl.data.collect import default_data_dir
-    from visarl.data.shards import ShardError, list_shards
+    from visarl.data.shards import ShardError, default_data_dir, list_shards
 
     data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
     try:

@@ -6,6 +6,9 @@ only, an alternative to state-SAC replay for building a pretraining dataset quic
 ``policy: sac_state`` trains state-based SAC on the task with the
 SAC loop of ``stage: rl`` (:func:`visarl.rl.stage.fit_sac`), rendering and storing every frame: its replay is the
 paper's 200k-frame pretraining dataset (Sec. II-C), and it resumes from checkpoints like any SAC run.
+
+A stage runner beside :mod:`visarl.pipeline`: it combines storage (:mod:`visarl.data`) with the SAC loop
+(:mod:`visarl.rl`), so it sits above both and neither knows the other.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from visarl.config import ConfigError, choice, to_yaml
-from visarl.data.shards import ShardWriter, list_shards, producer_attrs, summarize
+from visarl.data.shards import ShardWriter, default_data_dir, list_shards, producer_attrs, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
+from visarl.envs.experts import ScriptedExpert
 from visarl.registry import RunContext, register_stage
 from visarl.rl.stage import EvalConfig, SACRunConfig, build_agent, check_saliency_source, fit_sac
 
@@ -66,10 +70,6 @@ class CollectConfig(SACRunConfig):
         return None if self.policy == "sac_state" else frozenset({"enable_progress_bar"})
 
 
-def default_data_dir(task: str) -> Path:
-    return Path("data") / task / "replay"
-
-
 @register_stage("collect", CollectConfig, check=check_saliency_source)
 def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     """Collect ``cfg.num_steps`` transitions; on resume, only what the run's shards still lack."""
@@ -97,12 +97,10 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     rng = np.random.default_rng(seed)
     expert = None
     if cfg.policy == "scripted":
-        from visarl.envs.experts import ScriptedExpert
-
         expert = ScriptedExpert(cfg.env.task, cfg.action_noise, rng)
     writer = ShardWriter(data_dir, rows_per_shard=cfg.rows_per_shard, attrs=attrs)
 
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # lazy: --list-stages imports this module, not TensorBoard
 
     tb = SummaryWriter(str(ctx.run_dir))
     obs, _ = envs.reset(seed=seed)
