@@ -26,6 +26,8 @@ from pathlib import Path
 
 from visarl.config import ConfigError, RunConfig
 from visarl.core.io import atomic_write_json
+from visarl.fit import resolve
+from visarl.fit import run as fit_run
 from visarl.registry import RunContext, register_stage
 
 _PLACEHOLDER = re.compile(r"\{(data|task|run_dir|step:[A-Za-z0-9_\-]+)\}")
@@ -104,8 +106,6 @@ def check_steps(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:
 
     Returns :func:`step_overrides`.
     """
-    from visarl.fit import resolve  # visarl.fit imports the registry, which imports this module
-
     for step in cfg.steps:
         if not Path(step.config).is_file():
             raise ConfigError(f"steps.{step.name}.config: file not found: {step.config}")
@@ -120,8 +120,6 @@ def check_steps(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:
 
 @register_stage("pipeline", PipelineConfig)
 def run_pipeline(cfg: PipelineConfig, ctx: RunContext) -> dict:
-    from visarl.fit import run as fit_run  # visarl.fit imports the registry, which imports this module
-
     overrides = check_steps(cfg, ctx.run_dir)
     state_path = ctx.run_dir / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": {}}

@@ -48,6 +48,7 @@ from visarl.annotate.select import (
     pixel_scale,
     select_indices,
 )
+from visarl.annotate.server import serve
 from visarl.annotate.simulated import SimulatedConfig, frame_rng, from_config, project_keypoints
 from visarl.annotate.store import AnnotationStore, load_annotations
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
@@ -142,7 +143,7 @@ class AnnotateConfig(RunConfig):
 
 
 def _same_task(a: str, b: str) -> bool:
-    from visarl.envs import resolve_task
+    from visarl.envs import resolve_task  # lazy: importing visarl.envs loads MuJoCo and picks its GL backend
 
     try:
         return resolve_task(a) == resolve_task(b)
@@ -310,8 +311,6 @@ def _serve(
     export_attrs: dict,
 ) -> None:
     """Serve the page until Done or Ctrl-C; the run directory's server.json says where while it runs."""
-    from visarl.annotate.server import serve
-
     info = ctx.run_dir / "server.json"
 
     def ready(app: Any) -> None:

@@ -313,12 +313,6 @@ class MultiMAE(nn.Module):
         """No masking: tokens ``[B, G + M*N, D]`` of the modalities given ([B, 129, D] for rgb+saliency, G=1)."""
         return self.encoder(inputs)
 
-    def frozen_encoder(self, modalities: tuple[str, ...] | None = None, pooling: str = "mean") -> nn.Module:
-        """A frozen copy of the encoder for RL (see :class:`visarl.mae.frozen.FrozenEncoder`)."""
-        from visarl.mae.frozen import FrozenEncoder
-
-        return FrozenEncoder.from_model(self, modalities, pooling)
-
 
 def _init_linear(m: nn.Module) -> None:
     # MAE's init: xavier-uniform linear layers, zero biases (timm's own default is a truncated normal)

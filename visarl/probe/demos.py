@@ -74,7 +74,7 @@ def record_demos(
     """
     from tqdm import tqdm
 
-    from visarl.envs import MetaWorldPixelEnv
+    from visarl.envs import MetaWorldPixelEnv  # lazy: importing it loads MuJoCo and picks its GL backend
     from visarl.envs.experts import ScriptedExpert
 
     directory = Path(directory)

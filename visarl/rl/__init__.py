@@ -4,7 +4,7 @@ from visarl.data.datamodules import TransitionBatch
 from visarl.rl.encoders import FrozenEncoder, IdentityEncoder, PixelCNN, make_encoder
 from visarl.rl.networks import Actor, Critic, SquashedNormal
 from visarl.rl.sac import SACAgent, SACOptimizers, make_optimizers
-from visarl.rl.saliency_source import OracleSaliency, SaliencySource
+from visarl.rl.saliency_source import OracleSaliency
 
 __all__ = [
     "Actor",
@@ -15,7 +15,6 @@ __all__ = [
     "PixelCNN",
     "SACAgent",
     "SACOptimizers",
-    "SaliencySource",
     "SquashedNormal",
     "TransitionBatch",
     "make_encoder",

@@ -27,6 +27,7 @@ from visarl.rl.networks import CONV_INITS
 from visarl.rl.replay import safe_prefix
 from visarl.rl.sac import SACAgent
 from visarl.rl.saliency_source import SALIENCY_SOURCES
+from visarl.saliency.picanet import load_picanet
 
 if TYPE_CHECKING:
     from visarl.mae.frozen import FrameEmbedder
@@ -490,8 +491,6 @@ def check_saliency_source(cfg: SACRunConfig) -> None:
     """``saliency: picanet`` needs a readable PiCANet weights file: a ``ConfigError`` naming it otherwise."""
     if cfg.saliency != "picanet":
         return
-    from visarl.saliency.picanet import load_picanet
-
     try:
         load_picanet(cfg.saliency_ckpt)
     except ValueError as e:  # missing, foreign, corrupt or mismatched weights; the message names the file
