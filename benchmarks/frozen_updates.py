@@ -84,7 +84,7 @@ def visarl_fn(ckpt: Path, stored: bool) -> Callable[[], None]:
     else:
         frozen = load_encoder(ckpt)
         shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
-        encoder = make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim)
+        encoder = make_encoder("mmae", "rgbs", shapes, module=frozen)
         u8 = np.dtype(np.uint8)
         obs, spec = frames, {"rgb": ((3, IMG, IMG), u8), "saliency": ((1, IMG, IMG), u8)}
     agent = SACAgent(encoder, A)  # paper heads: 100-d trunk, 3 x 1024
@@ -203,7 +203,7 @@ def loop_rate(ckpt: Path, picanet: Path, folder: Path, steps: int, reencode: boo
         agent, embedder = original(cfg, encoder, variant, **kw)
         frozen = embedder.encoder
         shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
-        enc = make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim)
+        enc = make_encoder("mmae", "rgbs", shapes, module=frozen)
         enc.obs_keys = embedder.inputs
         s = cfg.sac
         return SACAgent(enc, A, s.feature_dim, s.hidden_dim, s.num_layers), None

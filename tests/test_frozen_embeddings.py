@@ -63,7 +63,7 @@ def _agents(ckpt: Path) -> tuple[SACAgent, SACAgent, FrameEmbedder]:
     embedder = FrameEmbedder(load_encoder(ckpt))
     shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
     torch.manual_seed(1)
-    reencode = SACAgent(make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim), A, **HEADS)
+    reencode = SACAgent(make_encoder("mmae", "rgbs", shapes, module=frozen), A, **HEADS)
     stored = SACAgent(IdentityEncoder(embedder.dim, key=embedder.key), A, **HEADS)
     heads = {k: v for k, v in reencode.state_dict().items() if not k.startswith("encoder.")}
     missing, unexpected = stored.load_state_dict(heads, strict=False)
@@ -287,7 +287,7 @@ def test_sigkill_resume_reloads_embeddings_and_policy_acts_alike(tmp_path, ckpt,
     agent.load_state_dict({k.removeprefix("agent."): v for k, v in state.items() if k.startswith("agent.")})
     frozen = load_encoder(ckpt)
     shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
-    live = SACAgent(make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim), A, **_heads(cfg))
+    live = SACAgent(make_encoder("mmae", "rgbs", shapes, module=frozen), A, **_heads(cfg))
     live.load_state_dict({k: v for k, v in agent.state_dict().items() if not k.startswith("encoder.")}, strict=False)
     pick = np.arange(0, len(rows[key]), 7)
     frames = {"rgb": rows["rgb"][pick], "saliency": rows["saliency"][pick]}

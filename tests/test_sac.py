@@ -11,7 +11,8 @@ from torch import nn
 
 from visarl.config import ConfigError
 from visarl.data.datamodules import TransitionBatch
-from visarl.rl.encoders import PIXEL_VARIANTS, FrozenEncoder, IdentityEncoder, PixelCNN, make_encoder
+from visarl.mae import FrozenEncoder, build_multimae
+from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, PixelCNN, make_encoder
 from visarl.rl.networks import Actor, Critic
 from visarl.rl.sac import SACAgent, make_optimizers, polyak_update, soft_td_target
 from visarl.rl.saliency_source import OracleSaliency
@@ -161,29 +162,24 @@ def test_make_encoder_factory():
     with pytest.raises(ConfigError, match="saliency"):
         make_encoder("cnn", "rgbs", {"rgb": (3, 64, 64)})
     with pytest.raises(ConfigError, match="module"):
-        make_encoder("frozen", "rgb", shapes)
-
-
-class TinyPretrained(nn.Module):
-    """Stands in for an exported MultiMAE encoder: {rgb, saliency} -> [B, 24]; has dropout to catch train mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(4, 6, 3, stride=4)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(6 * 4 * 4, 24)
-
-    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        assert x["rgb"].dtype == torch.float32 and x["rgb"].max() <= 1.0
-        h = self.conv(torch.cat([x["rgb"], x["saliency"]], 1)).flatten(1)
-        return self.fc(self.drop(h))
+        make_encoder("mmae", "rgb", shapes)
+    with pytest.raises(ConfigError, match="encoder"):
+        make_encoder("frozen", "rgb", shapes)  # the one name of the frozen MultiMAE is "mmae"
 
 
 def test_frozen_encoder_never_changes():
     torch.manual_seed(0)
     shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
-    enc = make_encoder("frozen", "rgbs", shapes, module=TinyPretrained())
-    assert isinstance(enc, FrozenEncoder) and enc.out_dim == 24  # found by a dummy forward
+    frozen = FrozenEncoder.from_model(build_multimae("tiny", ("rgb", "saliency"), image_size=IMG, patch_size=4))
+    enc = make_encoder("mmae", "rgbs", shapes, module=frozen)
+    assert enc is frozen and enc.out_dim == 64 and enc.obs_keys == ("rgb", "saliency")
+    with pytest.raises(ConfigError, match="reads"):
+        make_encoder("mmae", "rgb", shapes, module=frozen)  # the rgb variant gives no saliency
+    with pytest.raises(ConfigError, match=f"trained on {IMG}x{IMG}"):
+        make_encoder("mmae", "rgbs", {"rgb": (3, 32, 32), "saliency": (1, 32, 32)}, module=frozen)
+    u8 = pixel_obs(2)
+    unit = {k: u8[k].float() / 255.0 for k in ("rgb", "saliency")}
+    torch.testing.assert_close(enc(u8), enc(unit))  # replay's uint8 frames and [0, 1] floats alike
     agent = SACAgent(enc, A, **SMALL)
     assert agent.encoder_target is None
     before = params_of(enc)
@@ -191,7 +187,7 @@ def test_frozen_encoder_never_changes():
     optimized = {id(p) for o in opts for group in o.param_groups for p in group["params"]}
     assert not optimized & {id(p) for p in enc.parameters()}
     agent.train()
-    assert not enc.module.training  # stays in eval: dropout off, the same obs gives the same features
+    assert not enc.training  # stays in eval: dropout off, the same obs gives the same features
     obs = pixel_obs(3)
     f1, f2 = agent.encode(obs), agent.encode(obs)
     assert torch.equal(f1, f2) and not f1.requires_grad

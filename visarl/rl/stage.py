@@ -22,7 +22,7 @@ from visarl.core.runtime import build_trainer, checkpoint_dir, quiet_lightning, 
 from visarl.data.shards import producer_attrs
 from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
 from visarl.registry import RunContext, register_stage
-from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
+from visarl.rl.encoders import ENCODER_NAMES, PIXEL_VARIANTS, IdentityEncoder, make_encoder
 from visarl.rl.networks import CONV_INITS
 from visarl.rl.replay import safe_prefix
 from visarl.rl.sac import SACAgent
@@ -32,7 +32,6 @@ from visarl.saliency.picanet import load_picanet
 if TYPE_CHECKING:
     from visarl.mae.frozen import FrameEmbedder
 
-ENCODERS = ("identity", "cnn", "mmae")
 MOVING_CAMERAS = ("behindGripper", "gripperPOV")
 """Cameras attached to the robot: their pose is not in the state, so the oracle cannot project keypoints."""
 
@@ -207,7 +206,7 @@ class RLConfig(SACRunConfig):
 
     def __post_init__(self) -> None:
         self._check_loop()
-        choice("encoder", self.encoder, ENCODERS)
+        choice("encoder", self.encoder, ENCODER_NAMES)
         if self.encoder == "cnn":
             choice("variant", self.variant, list(PIXEL_VARIANTS))
         elif self.encoder == "mmae":
