@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from visarl.config import ConfigError, choice, to_yaml
+from visarl.core.io import atomic_write_json
 from visarl.data.shards import ShardWriter, default_data_dir, list_shards, producer_attrs, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
 from visarl.envs.experts import ScriptedExpert
@@ -156,14 +157,14 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         writer.close()
         envs.close()
         tb.close()
-        state_file.write_text(json.dumps({"steps_written": done_steps + steps}))
+        atomic_write_json(state_file, {"steps_written": done_steps + steps})
     summary = summarize(data_dir)
     summary.update(data_dir=str(data_dir), episodes_finished=len(returns), fps=steps / (time.perf_counter() - t0))
     if returns:
         summary["mean_return"] = float(np.mean(returns))
         summary["success_rate"] = float(np.mean(successes))
     summary["policy"] = cfg.policy
-    (ctx.run_dir / "collect.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(ctx.run_dir / "collect.json", summary)
     print(
         f"collect: wrote {done_steps + steps} steps of {cfg.env.task} to {data_dir} ({len(writer.shard_paths)} shards)"
     )
@@ -190,6 +191,6 @@ def _collect_sac_state(cfg: CollectConfig, ctx: RunContext, data_dir: Path) -> d
         final_eval=result.get("final_eval"),
         seconds=time.perf_counter() - t0,
     )
-    (ctx.run_dir / "collect.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(ctx.run_dir / "collect.json", summary)
     print(f"collect: {cfg.num_steps} SAC steps of {cfg.env.task} stored in {data_dir}")
     return summary

@@ -249,7 +249,7 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
         "coverage_mean": None if np.isnan(cover.mean) else cover.mean,
         "coverage_max": None if np.isnan(cover.max) else cover.max,
     }
-    (ctx.run_dir / "annotate.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(ctx.run_dir / "annotate.json", summary)
     print(
         f"annotate: {summary['frames_annotated']}/{cfg.num_frames} frames annotated, {summary['clicks']} clicks; "
         f"export {export_path}",

@@ -74,6 +74,13 @@ def atomic_copy(src: str | Path, dst: str | Path) -> Path:
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
+def atomic_savefig(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """``fig.savefig(path, **kwargs)`` for a matplotlib figure, atomically; the format comes from ``path``'s suffix
+    (the temporary's name has none)."""
+    fmt = Path(path).suffix.lstrip(".") or None
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj, path)``, atomically."""
     import torch

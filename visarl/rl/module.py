@@ -16,7 +16,6 @@ every RNG state per rank and the evaluation history, so a killed run resumes whe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import time
@@ -31,6 +30,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset
 
+from visarl.core.io import atomic_write_json
 from visarl.data.datamodules import TransitionBatch
 from visarl.mae.frozen import FrameEmbedder
 from visarl.rl.evaluate import Evaluator, done_info, final_obs, to_policy_obs
@@ -108,12 +108,6 @@ def batch_to(batch: TransitionBatch, device: torch.device) -> TransitionBatch:
         terminated=batch.terminated.to(device, non_blocking=non_blocking),
         truncated=batch.truncated.to(device, non_blocking=non_blocking),
     )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _distributed() -> bool:
@@ -438,7 +432,7 @@ class SACLoop(pl.LightningModule):
     def _write_eval_json(self) -> None:
         run_dir = Path(self.settings.run_dir)
         final = self.eval_history[-1] if self.eval_history else None
-        _write_json(
+        atomic_write_json(
             run_dir / "eval.json",
             {
                 "task": self.settings.env.get("task"),
@@ -499,7 +493,7 @@ class SACLoop(pl.LightningModule):
             "ranks": per_rank,
         }
         if self.rank == 0:
-            _write_json(Path(self.settings.run_dir) / "summary.json", self.summary)
+            atomic_write_json(Path(self.settings.run_dir) / "summary.json", self.summary)
         self.close()
 
     def close(self) -> None:
