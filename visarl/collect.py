@@ -23,11 +23,14 @@ from tqdm import tqdm
 
 from visarl.config import ConfigError, choice, to_yaml
 from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
 from visarl.data.shards import ShardWriter, default_data_dir, list_shards, producer_attrs, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
 from visarl.envs.experts import ScriptedExpert
 from visarl.registry import RunContext, register_stage
 from visarl.rl.stage import EvalConfig, SACRunConfig, build_agent, check_saliency_source, fit_sac
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -88,7 +91,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         )
     remaining = cfg.num_steps - done_steps
     if remaining <= 0:
-        print(f"collect: nothing left to do, {done_steps} steps already in {data_dir}")
+        log.info(f"collect: nothing left to do, {done_steps} steps already in {data_dir}")
         return summarize(data_dir)
 
     attrs = producer_attrs(cfg.env, to_yaml(cfg))
@@ -165,7 +168,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         summary["success_rate"] = float(np.mean(successes))
     summary["policy"] = cfg.policy
     atomic_write_json(ctx.run_dir / "collect.json", summary)
-    print(
+    log.info(
         f"collect: wrote {done_steps + steps} steps of {cfg.env.task} to {data_dir} ({len(writer.shard_paths)} shards)"
     )
     return summary
@@ -192,5 +195,5 @@ def _collect_sac_state(cfg: CollectConfig, ctx: RunContext, data_dir: Path) -> d
         seconds=time.perf_counter() - t0,
     )
     atomic_write_json(ctx.run_dir / "collect.json", summary)
-    print(f"collect: {cfg.num_steps} SAC steps of {cfg.env.task} stored in {data_dir}")
+    log.info(f"collect: {cfg.num_steps} SAC steps of {cfg.env.task} stored in {data_dir}")
     return summary

@@ -23,6 +23,7 @@ import numpy as np
 
 from visarl.config import ConfigError, RunConfig, build, check_trainer_use, load_yaml, parse_overrides, to_yaml
 from visarl.core.io import atomic_write_text
+from visarl.core.log import configure_console
 from visarl.launch import external_rank, wait_for_run
 from visarl.registry import RunContext, describe_stages, get_stage, known_stages
 
@@ -91,6 +92,7 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
     rank 0 creates the run directory, the others wait for it and share it.
     """
     started = time.time()
+    configure_console()  # the stages' progress lines (rank zero's only), as plain lines on stdout
     rank = external_rank()
     cfg, run_dir, resuming = resolve(config, resume, list(overrides or []), named_run=rank is not None)
     writer = rank in (None, 0)  # rank 0 writes config.yaml; other ranks of an outside launch only read the run

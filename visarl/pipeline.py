@@ -26,9 +26,12 @@ from pathlib import Path
 
 from visarl.config import ConfigError, RunConfig
 from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
 from visarl.fit import resolve
 from visarl.fit import run as fit_run
 from visarl.registry import RunContext, register_stage
+
+log = get_logger(__name__)
 
 _PLACEHOLDER = re.compile(r"\{(data|task|run_dir|step:[A-Za-z0-9_\-]+)\}")
 
@@ -127,10 +130,10 @@ def run_pipeline(cfg: PipelineConfig, ctx: RunContext) -> dict:
     for step in cfg.steps:
         step_dir = ctx.run_dir / step.name / "run"
         if step.name in state["done"]:
-            print(f"pipeline: {step.name} already done ({step_dir}), skipping")
+            log.info(f"pipeline: {step.name} already done ({step_dir}), skipping")
             continue
         t0 = time.perf_counter()
-        print(f"pipeline: {step.name}: {step.config} {' '.join(overrides[step.name])}")
+        log.info(f"pipeline: {step.name}: {step.config} {' '.join(overrides[step.name])}")
         if (step_dir / "config.yaml").exists():  # interrupted before: continue that run
             outputs[step.name] = fit_run(resume=str(step_dir), overrides=[])
         else:  # the step's run dir is inside the pipeline's

@@ -53,9 +53,12 @@ from visarl.annotate.simulated import SimulatedConfig, frame_rng, from_config, p
 from visarl.annotate.store import AnnotationStore, load_annotations
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
 from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
 from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, frame_sigma
 from visarl.data.shards import default_data_dir
 from visarl.registry import RunContext, register_stage
+
+log = get_logger(__name__)
 
 COVERAGE_MAX_FRAMES = 50_000
 """With selection=random, coverage is measured (all frames read and downsampled, ~0.15 ms each) up to this size."""
@@ -191,11 +194,10 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
     refs = pool.refs(idx)
     frames = pool.read("rgb", idx)  # [N, H, W, 3] uint8
     guide = task_guidance(task, cfg.guidance, cfg.parts)
-    print(
+    log.info(
         f"annotate: {cfg.num_frames} of {len(pool)} frames of {task or '?'} from {data_dir}, selection={cfg.selection} "
         f"seed={cfg.seed} (coverage: mean {cover.mean:.4f}, max {cover.max:.4f} RMS at {cfg.feature_size}px; "
         f"{time.perf_counter() - t0:.1f}s)",
-        flush=True,
     )
 
     export_attrs: dict[str, Any] = {
@@ -219,7 +221,7 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
         guidance=guide.text,
         parts=guide.parts,
     )
-    print(f"annotate: guidance: {guide.text} (parts: {', '.join(guide.parts)})", flush=True)
+    log.info(f"annotate: guidance: {guide.text} (parts: {', '.join(guide.parts)})")
     if cfg.annotator == "simulated":
         export_attrs["simulated"] = json.dumps(asdict(cfg.simulated))
         states = pool.read("state", idx)  # [N, 39]
@@ -250,10 +252,9 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
         "coverage_max": None if np.isnan(cover.max) else cover.max,
     }
     atomic_write_json(ctx.run_dir / "annotate.json", summary)
-    print(
+    log.info(
         f"annotate: {summary['frames_annotated']}/{cfg.num_frames} frames annotated, {summary['clicks']} clicks; "
         f"export {export_path}",
-        flush=True,
     )
     return summary
 
@@ -292,7 +293,7 @@ def _simulate(
             )
             done = store.clicks(i)
             if len(done) > len(planned) or not np.allclose(done, planned[: len(done)]):
-                print(f"annotate: frame {i} already holds other clicks in {store_path}; kept as they are", flush=True)
+                log.info(f"annotate: frame {i} already holds other clicks in {store_path}; kept as they are")
                 continue
             for (x, y), label in zip(planned[len(done) :], labels[len(done) :], strict=True):
                 store.click(i, float(x), float(y), label=label)
@@ -314,10 +315,10 @@ def _serve(
     info = ctx.run_dir / "server.json"
 
     def ready(app: Any) -> None:
-        print(f"\n    annotate: open {app.url}\n", flush=True)
+        log.info(f"\n    annotate: open {app.url}\n")
         atomic_write_json(info, {"url": app.url, "host": app.host, "port": app.port}, indent=None)
 
-    print(f"annotate: clicks are saved to {store_path} as they happen; Done exports {export_path}", flush=True)
+    log.info(f"annotate: clicks are saved to {store_path} as they happen; Done exports {export_path}")
     try:
         serve(
             frames,

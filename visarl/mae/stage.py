@@ -24,6 +24,7 @@ import torch
 
 from visarl.config import ConfigError, RunConfig, choice
 from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
 from visarl.core.runtime import build_trainer, checkpoint_callbacks, quiet_lightning, resume_checkpoint
 from visarl.data.shards import default_data_dir
 from visarl.mae.augment import PairedAugment
@@ -31,6 +32,8 @@ from visarl.mae.frozen import save_checkpoint
 from visarl.mae.loss import LOSS_KINDS, REDUCTIONS, ReconstructionLoss
 from visarl.mae.multimae import INPUT_NORMS, MODALITIES, MODEL_SIZES, NORM_SUFFIX, MultiMAE, output_source
 from visarl.registry import RunContext, register_stage
+
+log = get_logger(__name__)
 
 PAPER_EPOCHS = 200
 """Table II's epoch count (the text of Sec. II-C says 400; see conf/pretrain/rgb_saliency.yaml)."""
@@ -407,5 +410,5 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "summary.json", summary)
         steps, epochs = summary["global_step"], summary["epochs_completed"]
-        print(f"pretrain: {steps} steps, {epochs} epochs; encoder at {summary['encoder']}")
+        log.info(f"pretrain: {steps} steps, {epochs} epochs; encoder at {summary['encoder']}")
     return summary

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.core.log import get_logger
 from visarl.data.shards import producer_attrs
 from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs, resolve_task
 from visarl.probe.demos import DemoSet, add_field, load_demos, record_demos
@@ -32,6 +33,8 @@ from visarl.probe.policy import BCPolicy
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
 from visarl.rl.saliency_source import SALIENCY_SOURCES
+
+log = get_logger(__name__)
 
 PROBE_ENCODERS = ("state", "cnn", "mmae")
 
@@ -349,7 +352,7 @@ def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
     summary = module.summary()
     final, best = summary["final"], summary["best"]
     if final is not None:
-        print(
+        log.info(
             f"probe: {spec.task} {cfg.encoder} {'+'.join(cfg.inputs)}: final success {final['success_rate']:.2f} "
             f"(best {best['success_rate']:.2f} at step {best['step']}), expert {manifest['expert_success']:.2f}, "
             f"{seconds['total']:.0f} s"

@@ -31,12 +31,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset
 
 from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
 from visarl.data.datamodules import TransitionBatch
 from visarl.mae.frozen import FrameEmbedder
 from visarl.rl.evaluate import Evaluator, done_info, final_obs, to_policy_obs
 from visarl.rl.replay import Replay
 from visarl.rl.sac import SACAgent, SACOptimizers, make_optimizers
 from visarl.rl.saliency_source import labeller, make_saliency_source
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -228,7 +231,7 @@ class SACLoop(pl.LightningModule):
         if mine is not None:
             self.rank_vector_steps = int(mine["vector_steps"])
             self._update_debt = float(mine["update_debt"])
-            print(
+            log.info(
                 f"[rank {rank}] resumed at env step {self.env_step}, update {self.num_updates}, "
                 f"{reloaded} transitions reloaded from {len(mine['shards'])} shards"
             )

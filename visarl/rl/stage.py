@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.core.log import get_logger
 from visarl.core.runtime import build_trainer, checkpoint_dir, quiet_lightning, resume_checkpoint
 from visarl.data.shards import producer_attrs
 from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
@@ -28,6 +29,8 @@ from visarl.rl.replay import safe_prefix
 from visarl.rl.sac import SACAgent
 from visarl.rl.saliency_source import SALIENCY_SOURCES
 from visarl.saliency.picanet import load_picanet
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from visarl.mae.frozen import FrameEmbedder
@@ -522,6 +525,6 @@ def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
     )
     if cfg.encoder == "cnn":
         chosen = "bf16" if agent.encoder_dtype == torch.bfloat16 else "32"
-        print(f"rl: encoder precision {chosen}" + (" (auto)" if cfg.encoder_precision == "auto" else ""))
+        log.info(f"rl: encoder precision {chosen}" + (" (auto)" if cfg.encoder_precision == "auto" else ""))
     attrs = producer_attrs(cfg.env, to_yaml(cfg))
     return fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs, embedder=embedder)

@@ -32,6 +32,7 @@ import numpy as np
 
 from visarl.config import ConfigError, RunConfig, choice
 from visarl.core.io import atomic_copy, atomic_write_json
+from visarl.core.log import get_logger
 from visarl.core.runtime import (
     build_trainer,
     checkpoint_callbacks,
@@ -42,6 +43,8 @@ from visarl.core.runtime import (
 from visarl.registry import RunContext, register_stage
 from visarl.saliency.data import default_annotations, default_weights
 from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, side_strides
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -260,7 +263,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     if trainer.is_global_zero:
         atomic_write_json(ctx.run_dir / "saliency.json", summary)
         f, b = final, best
-        print(
+        log.info(
             f"saliency: held-out F(max/adaptive) {f['f_max']:.3f}/{f['f_adaptive']:.3f}, MAE {f['mae']:.4f} (final); "
             f"{b['f_max']:.3f}/{b['f_adaptive']:.3f}, {b['mae']:.4f} (selected: {cfg.selection}) -> {weights}"
         )
@@ -362,7 +365,7 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
             todo.append((path, len(reader.frame_indices()), len(reader)))
         reader.close()
     total_rows = sum(n for _, _, n in todo)
-    print(f"label: {len(todo)} shards ({total_rows} rows) to label, {len(skipped)} already labelled, on {device}")
+    log.info(f"label: {len(todo)} shards ({total_rows} rows) to label, {len(skipped)} already labelled, on {device}")
 
     tb = SummaryWriter(str(ctx.run_dir))
     done_rows, t_infer = 0, 0.0
@@ -413,5 +416,5 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
         "inference_fps": done_rows / t_infer if t_infer > 0 else 0.0,
     }
     atomic_write_json(ctx.run_dir / "label.json", summary)
-    print(f"label: {done_rows} frames in {len(todo)} shards, {summary['fps']:.1f} frames/s ({len(skipped)} skipped)")
+    log.info(f"label: {done_rows} frames in {len(todo)} shards, {summary['fps']:.1f} frames/s ({len(skipped)} skipped)")
     return summary
