@@ -61,7 +61,8 @@ from visarl.registry import RunContext, register_stage
 log = get_logger(__name__)
 
 COVERAGE_MAX_FRAMES = 50_000
-"""With selection=random, coverage is measured (all frames read and downsampled, ~0.15 ms each) up to this size."""
+"""With selection=random, coverage is reported only up to this many frames: it reads and downsamples every frame,
+a cost that grows with the dataset and buys nothing but the number."""
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 

@@ -77,10 +77,10 @@ class ModelConfig:
     """Extra rgb decoder trained on per-patch normalised pixels (MultiMAE's extra_norm_pix_loss)."""
     fused_attn: bool | None = None
     """Attention kernel: True F.scaled_dot_product_attention, False softmax(QK^T)V; None: fused on GPU, eager on CPU
-    (eager measured faster under bf16 on the 2-core CPU, see benchmarks/multimae_speed.py)."""
+    (on a CPU eager attention is the faster one under bf16; benchmarks/multimae_speed.py compares them)."""
     compile: bool = False
-    """torch.compile the encoder and decoders: on the 2-core CPU 3% (batch 128) to 10% (batch 64) faster steps
-    after ~100 s of compiling; worth it only for long runs."""
+    """torch.compile the encoder and decoders: steps only a little faster on a CPU, after a compile that takes
+    minutes (benchmarks/multimae_speed.py); worth it only for long runs."""
 
     def __post_init__(self) -> None:
         choice("model.size", self.size, list(MODEL_SIZES))

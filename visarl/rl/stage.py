@@ -203,9 +203,9 @@ class RLConfig(SACRunConfig):
     rgb; 0.00392156862745098 (1/255) restores the authors' double division by 255 (docs/fidelity.md)."""
     encoder_precision: str = "auto"
     """'bf16' autocasts the encoder alone (heads, losses, optimizer stay fp32); '32' keeps it fp32. 'auto' is bf16
-    for the paper's CNN on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32 (see ``native_bf16``): on this
-    project's CPU it makes paper-CNN updates 1.6x faster (benchmarks/sac_updates.py), and benchmarks/bf16_reach.py
-    shows it moves what SAC learns on reach far less than a change of seed does."""
+    for the paper's CNN on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32 (see ``native_bf16``): there it
+    makes paper-CNN updates faster (benchmarks/sac_updates.py times it), and benchmarks/bf16_reach.py shows it
+    moves what SAC learns on reach far less than a change of seed does."""
 
     def __post_init__(self) -> None:
         self._check_loop()
@@ -262,9 +262,9 @@ class RLConfig(SACRunConfig):
 def native_bf16(accelerator: str) -> bool:
     """Whether ``encoder_precision: auto`` picks bf16: only on a CPU with native bf16 convolutions.
 
-    There bf16 makes paper-CNN updates ~1.6x faster. On an H100 the SAC update is launch-bound (about 20 ms for
-    both fp32 and bf16 at batch 128: 52.8 vs 49.9 updates/s), so GPUs keep fp32; ``trainer.precision=bf16-mixed``
-    or ``encoder_precision: bf16`` still ask for bf16 there.
+    There bf16 makes paper-CNN updates faster. On a GPU the SAC update at batch 128 is bound by kernel launches,
+    not arithmetic, so bf16 gains nothing measurable and GPUs keep fp32; ``trainer.precision=bf16-mixed`` or
+    ``encoder_precision: bf16`` still ask for bf16 there.
     """
     if accelerator in ("gpu", "cuda", "mps", "tpu") or (accelerator == "auto" and torch.cuda.is_available()):
         return False

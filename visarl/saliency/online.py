@@ -57,7 +57,7 @@ class PiCANetSaliency(SaliencySource):
         self.channels_last = channels_last
         self.net = net.to(self.device).eval()
         if channels_last:
-            # oneDNN's convolutions run about 1.5x faster on NHWC tensors on the CPU (and cuDNN's on tensor cores).
+            # oneDNN's convolutions are faster on NHWC tensors on the CPU (and cuDNN's on tensor cores).
             self.net = self.net.to(memory_format=torch.channels_last)
         for p in self.net.parameters():
             p.requires_grad_(False)
