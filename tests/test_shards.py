@@ -388,8 +388,7 @@ def test_sigkill_mid_shard_leaves_only_whole_shards(tmp_path: Path):
     data = tmp_path / "data"
     _kill(_start_child(tmp_path, str(data), "hang", "0", "40"))
     temps = sorted(p.name for p in data.iterdir() if p.name.startswith("."))
-    assert len(temps) == 1 and temps[0].startswith(".shard-w0-000002.h5.")  # the third shard: data all written,
-    assert temps[0].endswith(".tmp")  # but complete not yet set
+    assert temps == [".shard-w0-000002.h5.tmp"]  # the third shard: all data written, complete not yet set
     assert (data / temps[0]).stat().st_size > 0  # it really was killed mid-shard
     paths = _accepted_shards_are_whole(data)
     assert [p.name for p in paths] == ["shard-w0-000000.h5", "shard-w0-000001.h5"]

@@ -39,15 +39,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], Any], tmp: str | Path | None = None) -> Path:
     """Call ``write(tmp)`` to fill a temporary file, then rename it over ``path``; returns ``path``.
 
     ``write`` gets the temporary's path and must create the file there (``torch.save(obj, tmp)``,
-    ``tmp.write_text(...)``). Parent directories are created.
+    ``tmp.write_text(...)``). Parent directories are created. ``tmp`` names the temporary (hidden, beside
+    ``path``) for a writer that must overwrite what a killed run of itself left there; the default name is
+    unique to the process and thread.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp = Path(tmp) if tmp is not None else path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         write(tmp)
         _fsync_file(tmp)

@@ -34,12 +34,11 @@ Attributes: ``format``, ``schema_version``, ``writer_id``, the producer's ``task
 Episode ids are ``writer_id << 40 | n``, unique across writers with distinct ``writer_id`` (e.g. DDP ranks)
 and across resumed runs (a writer continues after the ids and shard indices already in its directory).
 
-Crash safety: a shard is written to a hidden temporary in the same directory (``.{name}.<pid>-<thread>.tmp``,
-by :func:`visarl.core.io.atomic_write`), marked complete, closed, fsynced and ``os.replace``-d to
-``{prefix}-w{writer_id}-{index:06d}.h5``. Readers list only ``*.h5`` files not starting with '.', and reject any
-file lacking ``complete``; a SIGKILL at any point leaves either no shard or a whole one (tested in
-tests/test_shards.py). The layout follows drqv2's episode files on disk, with
-HDF5 instead of npz so that rows can be read at random without loading a file.
+Crash safety: a shard is written to ``.{name}.tmp`` in the same directory (by :func:`visarl.core.io.atomic_write`),
+marked complete, closed, fsynced and ``os.replace``-d to ``{prefix}-w{writer_id}-{index:06d}.h5``. Readers list
+only ``*.h5`` files not starting with '.', and reject any file lacking ``complete``; a SIGKILL at any point leaves
+either no shard or a whole one (tested in tests/test_shards.py). The layout follows drqv2's episode files on disk,
+with HDF5 instead of npz so that rows can be read at random without loading a file.
 """
 
 from __future__ import annotations
@@ -153,7 +152,7 @@ def _write_shard(
             _fill(f, columns, attrs, chunk_rows)
             f.attrs["complete"] = True  # last: a file without it is never accepted
 
-    return atomic_write(path, write)
+    return atomic_write(path, write, tmp=path.with_name(f".{path.name}.tmp"))
 
 
 @dataclass
@@ -648,7 +647,7 @@ def list_shards(directory: str | Path, strict: bool = True) -> list[Path]:
 def write_field(path: str | Path, name: str, array: np.ndarray, overwrite: bool = False) -> None:
     """Add per-row dataset ``name`` to an existing shard, atomically.
 
-    The shard is copied to a hidden temporary beside it, the dataset added there, and the copy renamed over the
+    The shard is copied to ``.{file}.{name}.tmp``, the dataset added there, and the copy renamed over the
     original, so a crash at any point leaves the file either untouched or fully labelled.
     """
     path = Path(path)
@@ -669,7 +668,7 @@ def write_field(path: str | Path, name: str, array: np.ndarray, overwrite: bool 
             chunks = f["rgb"].chunks  # store labels like the frames
             _add_dataset(f, name, array, chunks[0] if chunks else 0)
 
-    atomic_write(path, write)
+    atomic_write(path, write, tmp=path.with_name(f".{path.name}.{name}.tmp"))  # replaces a killed labeller's copy
 
 
 def _add_dataset(f: h5py.File, name: str, array: np.ndarray, chunk_rows: int) -> None:
