@@ -27,12 +27,12 @@ import torch
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
 from visarl.core.log import get_logger
 from visarl.data.shards import producer_attrs
-from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs, resolve_task
+from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, MetaWorldPixelEnv, env_kwargs, resolve_task
 from visarl.probe.demos import DemoSet, add_field, load_demos, record_demos
 from visarl.probe.policy import BCPolicy
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
-from visarl.rl.saliency_source import SALIENCY_SOURCES
+from visarl.rl.saliency_source import SALIENCY_SOURCES, labeller, make_saliency_source
 
 log = get_logger(__name__)
 
@@ -192,12 +192,8 @@ def _file_sha1(path: str) -> str:
 
 def _saliency_labeller(cfg: ProbeConfig) -> tuple[Any, str]:
     """(label(rgb [n, H, W, 3], states [n, S]) -> uint8 [n, H, W], provenance) of the config's saliency source."""
-    from visarl.rl.saliency_source import labeller, make_saliency_source
-
     camera, n_objects = None, 1
     if cfg.saliency == "oracle":
-        from visarl.envs import MetaWorldPixelEnv
-
         env = MetaWorldPixelEnv(**env_kwargs(cfg.env))
         camera, n_objects = env.camera_model, env.n_objects
         env.close()
@@ -216,6 +212,7 @@ def _saliency_labeller(cfg: ProbeConfig) -> tuple[Any, str]:
 @register_stage("probe", ProbeConfig)
 def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
     """Record (or reuse) the demos, derive what the encoder reads, clone the expert, evaluate; see the module doc."""
+    # lazy: Lightning (and the modules built on it) load when a probe runs, not when --list-stages reads this file
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger

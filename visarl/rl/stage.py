@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -22,6 +22,7 @@ from visarl.core.log import get_logger
 from visarl.core.runtime import build_trainer, checkpoint_dir, quiet_lightning, resume_checkpoint
 from visarl.data.shards import producer_attrs
 from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
+from visarl.mae.frozen import FrameEmbedder, load_encoder
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import ENCODER_NAMES, PIXEL_VARIANTS, IdentityEncoder, make_encoder
 from visarl.rl.networks import CONV_INITS
@@ -31,9 +32,6 @@ from visarl.rl.saliency_source import SALIENCY_SOURCES
 from visarl.saliency.picanet import load_picanet
 
 log = get_logger(__name__)
-
-if TYPE_CHECKING:
-    from visarl.mae.frozen import FrameEmbedder
 
 MOVING_CAMERAS = ("behindGripper", "gripperPOV")
 """Cameras attached to the robot: their pose is not in the state, so the oracle cannot project keypoints."""
@@ -281,8 +279,6 @@ def build_embedder(
     Raises ``ConfigError`` naming the file when it is not a MultiMAE checkpoint, lacks an input, or was trained
     at another image size than the env renders.
     """
-    from visarl.mae import FrameEmbedder, load_encoder
-
     inputs = tuple(modalities) or PIXEL_VARIANTS[variant].obs_keys
     try:
         module = load_encoder(encoder_ckpt, inputs, pooling)
@@ -408,6 +404,7 @@ def fit_sac(
     embedder: FrameEmbedder | None = None,
 ) -> dict[str, Any]:
     """Train ``agent`` with the SAC loop of ``cfg`` in ``ctx.run_dir``; resumes from its last checkpoint."""
+    # lazy: the Lightning loop loads when SAC trains, not when --list-stages imports this module
     from visarl.rl.module import EnvStepCheckpoint, LoopSettings, SACLoop, clock_loader
 
     s, e = cfg.sac, cfg.eval
