@@ -71,7 +71,7 @@ class FrozenEncoder(nn.Module):
     def forward(self, x: Mapping[str, Tensor] | Tensor, saliency: Tensor | None = None) -> Tensor:
         """``x``: dict of images, or rgb ``[B, 3, H, W]`` (with ``saliency [B, 1, H, W]`` if used) -> ``[B, D]``.
 
-        Images are uint8 (0-255, as the replay stores them) or floats in [0, 1]; the state is float32.
+        Images are uint8 (0-255, as the replay stores them) or floats in [0, 1]; the output is float32.
         """
         inputs = dict(x) if isinstance(x, Mapping) else {"rgb": x}
         if saliency is not None:
