@@ -4,7 +4,8 @@ A node of the package graph is a subpackage (``visarl.rl``) or a top-level modul
 bottom first: core with the leaf modules config, launch and registry; envs and data; annotate, saliency and
 mae; rl; probe and report; the stage runners and the entry point. An import may go down or sideways, never up,
 and no two nodes (nor two modules) may import each other, directly or through others. A failure names the import
-sites (``file:line``) that form the cycle or break the layering.
+sites (``file:line``) that form the cycle or break the layering. Modules named in strings (``importlib``, as
+:data:`visarl.registry.STAGE_MODULES`) are not edges: that is how the stage runners plug in from the top.
 """
 
 from __future__ import annotations
