@@ -11,8 +11,11 @@ defaults. Validation happens in two passes so that errors name what is wrong:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -229,3 +232,74 @@ def build(schema: type[T], *layers: dict) -> T:
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML, as written to a run's ``config.yaml``."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# --------------------------------------------------------------------------------------------------
+# help: the schema as a reader sees it
+
+
+def field_docs(schema: type) -> dict[str, str]:
+    """Each field's docstring: the string literal right under the field in its class body.
+
+    Inherited fields keep their base class's docstring unless the subclass gives the field a new one. A class whose
+    source cannot be read (defined in a REPL) contributes none.
+    """
+    docs: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _shown(value: Any) -> str:
+    """A value as YAML would read it back, on one line (``???``: no default, the config must give it)."""
+    if value == "???":
+        return "??? (required)"
+    return OmegaConf.to_yaml({"v": value}).strip().removeprefix("v:").strip() if value is not None else "null"
+
+
+def _describe(schema: type, current: Any, defaults: dict, indent: str, lines: list[str]) -> None:
+    hints = typing.get_type_hints(schema)
+    docs = field_docs(schema)
+    for f in dataclasses.fields(schema):
+        value, default = getattr(current, f.name), defaults.get(f.name)
+        doc = docs.get(f.name, "")
+        if dataclasses.is_dataclass(value):  # a section: its fields, indented under its name
+            lines.append(f"{indent}{f.name}: {type(value).__name__}")
+            lines.extend(f"{indent}    {line}" for line in doc.splitlines())
+            _describe(type(value), value, default if isinstance(default, dict) else {}, indent + "  ", lines)
+            continue
+        shown = f"{_shown(_plain_value(value))}  (default: {_shown(default)})"
+        lines.append(f"{indent}{f.name}: {_type_name(hints[f.name])} = {shown}")
+        lines.extend(f"{indent}    {line}" for line in doc.splitlines())
+
+
+def _plain_value(value: Any) -> Any:
+    return OmegaConf.to_container(OmegaConf.create({"v": value}))["v"]
+
+
+def describe_config(cfg: Any, source: str = "") -> str:
+    """Every field of ``cfg``'s schema with its type, current value, default and docstring; sections are indented
+    under their name (cleanrl's tyro ``--help``, for YAML configs)."""
+    schema = type(cfg)
+    summary = (schema.__doc__ or "").strip().splitlines()
+    head = f"{schema.__name__}" + (f" ({summary[0].replace('``', '')})" if summary else "")
+    after = f" after {source} and the overrides" if source else ""
+    lines = [head, f"name: type = current value{after}  (default: the schema's value)", ""]
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+    _describe(schema, cfg, defaults, "", lines)
+    return "\n".join(lines)

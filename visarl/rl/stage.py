@@ -121,23 +121,30 @@ class SACConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Periodic evaluation with the deterministic policy (the mean action)."""
+class RolloutEvalConfig:
+    """Periodic success-rate evaluation with the deterministic policy (the mean action): what rl's and the probe's
+    ``eval:`` sections share; each stage's subclass adds its own fields."""
 
     every: int = 10_000
     """Env steps between evaluations (authors' setting: 10k); 0 evaluates only at the end (if ``final``)."""
     episodes: int = 50
-    """Episodes per evaluation (paper: 50 rollouts, Table I)."""
+    """Episodes per evaluation (paper: 50 rollouts, Table I; R3M: 50)."""
     num_envs: int = 5
     """Evaluation envs stepping in parallel (worker processes when ``async_envs``)."""
-    final: bool = True
-    """Also evaluate when training ends (if the last periodic evaluation was earlier)."""
     strip_frames: int = 8
     """Frames of one evaluation rollout shown side by side in TensorBoard."""
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.episodes < 1 or self.num_envs < 1 or self.strip_frames < 1:
             raise ConfigError(f"eval: every must be >= 0, episodes, num_envs and strip_frames >= 1 (got {self})")
+
+
+@dataclass
+class EvalConfig(RolloutEvalConfig):
+    """Periodic evaluation with the deterministic policy (the mean action)."""
+
+    final: bool = True
+    """Also evaluate when training ends (if the last periodic evaluation was earlier)."""
 
 
 @dataclass
