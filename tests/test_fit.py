@@ -214,3 +214,23 @@ def test_field_docs_follow_inheritance():
     assert docs["every"].startswith("Optimizer steps")  # the probe's own
     assert docs["episodes"].startswith("Episodes per evaluation")  # inherited from the shared base
     assert field_docs(EchoConfig)["seed"].startswith("Seeds python")  # from RunConfig
+
+
+def test_every_key_error_of_file_and_overrides_in_one_message(tmp_path):
+    conf = _write(tmp_path, "stage: echo_test\nwidht: 3\ninner:\n  width: wide\n  rato: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(str(conf), None, ["mdoe=b", "limit=3"])
+    assert len(info.value.problems) == 4
+    message = str(info.value)
+    assert message.startswith("4 config errors:")
+    expected = (
+        "unknown config key 'widht'",
+        "inner.width: 'wide' (str) is not a valid int",
+        "unknown config key 'inner.rato'; did you mean 'inner.ratio'?",
+        "unknown config key 'mdoe'",  # from the overrides
+    )
+    for part in expected:
+        assert part in message, part
+    with pytest.raises(ConfigError) as one:  # a single mistake reads as before
+        resolve(str(_write(tmp_path, "stage: echo_test\nwidth: 3\n", "one.yaml")), None, [])
+    assert str(one.value).startswith("unknown config key 'width'") and one.value.problems == [str(one.value)]

@@ -4,7 +4,8 @@ Every stage's config is a dataclass deriving from :class:`RunConfig`. YAML files
 defaults. Validation happens in two passes so that errors name what is wrong:
 
 1. :func:`check_keys` walks the raw YAML/override tree against the schema: unknown keys are
-   reported with the nearest valid key, and values are checked against the field's type.
+   reported with the nearest valid key, and values are checked against the field's type; every such problem of
+   the file and the overrides is reported in one ConfigError.
 2. ``OmegaConf.to_object`` builds the dataclass, which runs each ``__post_init__`` for
    value checks (choices, ranges).
 """
@@ -29,6 +30,22 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message says which and why."""
+
+    @property
+    def problems(self) -> list[str]:
+        """The separate problems this error reports (one, or each of a :func:`combined` error's)."""
+        return list(getattr(self, "_problems", [str(self)]))
+
+
+def combined(errors: list[ConfigError]) -> ConfigError:
+    """One ConfigError reporting every problem of ``errors`` (itself when there is one), so a config with several
+    mistakes is fixed in one round, not one run per mistake."""
+    problems = [p for e in errors for p in e.problems]
+    if len(problems) == 1:
+        return errors[0]
+    error = ConfigError(f"{len(problems)} config errors:\n  " + "\n  ".join(problems))
+    error._problems = problems
+    return error
 
 
 def choice(name: str, value: Any, options: typing.Iterable[Any]) -> None:
@@ -166,16 +183,30 @@ def _check_value(path: str, value: Any, tp: Any) -> None:
 
 
 def check_keys(raw: dict, schema: type, prefix: str = "") -> None:
-    """Check a raw config tree against a dataclass schema (unknown keys, value types)."""
+    """Check a raw config tree against a dataclass schema (unknown keys, value types); every problem of the tree is
+    reported in one ConfigError."""
+    errors = key_errors(raw, schema, prefix)
+    if errors:
+        raise combined(errors)
+
+
+def key_errors(raw: dict, schema: type, prefix: str = "") -> list[ConfigError]:
+    """The unknown keys and mistyped values of a raw config tree, one error per key."""
     hints = typing.get_type_hints(schema)
     names = [f.name for f in dataclasses.fields(schema)]
+    errors = []
     for key, value in raw.items():
         path = f"{prefix}{key}"
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{path}'{hint}")
-        _check_value(path, value, hints[key])
+            errors.append(ConfigError(f"unknown config key '{path}'{hint}"))
+            continue
+        try:
+            _check_value(path, value, hints[key])
+        except ConfigError as e:
+            errors.append(e)
+    return errors
 
 
 def _to_plain(node: Any) -> Any:
@@ -213,9 +244,11 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 def build(schema: type[T], *layers: dict) -> T:
     """Merge raw dict layers (file, then overrides) over the schema's defaults and validate."""
+    errors = [e for raw in layers for e in key_errors(raw, schema)]  # the file's and the overrides', together
+    if errors:
+        raise combined(errors)
     merged = OmegaConf.structured(schema)
     for raw in layers:
-        check_keys(raw, schema)
         try:
             merged = OmegaConf.merge(merged, raw)
         except Exception as e:  # OmegaConf's ValidationError, with its full key
