@@ -195,6 +195,7 @@ def test_help_with_config_lists_every_field_and_writes_nothing(tmp_path, capsys)
     at = lines.index("  batch_size: int = 7  (default: 128)")
     assert lines[at + 1].strip().startswith("Transitions per update")  # its field docstring
     assert "sac: SACConfig" in lines and "  every: int = 30  (default: 10000)" in lines
+    assert "modalities: list[str] = []  (default: [])" in lines  # one line per value, lists included
     for name in ("seed", "trainer", "env", "encoder_ckpt", "saliency_sigma"):  # every field, sections included
         assert any(line.startswith(f"{name}: ") for line in lines), name
     assert list(tmp_path.iterdir()) == []  # nothing created

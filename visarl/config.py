@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 T = TypeVar("T")
@@ -302,7 +304,13 @@ def _shown(value: Any) -> str:
     """A value as YAML would read it back, on one line (``???``: no default, the config must give it)."""
     if value == "???":
         return "??? (required)"
-    return OmegaConf.to_yaml({"v": value}).strip().removeprefix("v:").strip() if value is not None else "null"
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    return text.removesuffix("...").strip()  # a scalar document ends with '...'
+
+
+def _short_type(tp: Any) -> str:
+    """``list[visarl.pipeline.PipelineStep]`` -> ``list[PipelineStep]``."""
+    return re.sub(r"(?:\w+\.)+(\w+)", r"\1", _type_name(tp))
 
 
 def _describe(schema: type, current: Any, defaults: dict, indent: str, lines: list[str]) -> None:
@@ -317,7 +325,7 @@ def _describe(schema: type, current: Any, defaults: dict, indent: str, lines: li
             _describe(type(value), value, default if isinstance(default, dict) else {}, indent + "  ", lines)
             continue
         shown = f"{_shown(_plain_value(value))}  (default: {_shown(default)})"
-        lines.append(f"{indent}{f.name}: {_type_name(hints[f.name])} = {shown}")
+        lines.append(f"{indent}{f.name}: {_short_type(hints[f.name])} = {shown}")
         lines.extend(f"{indent}    {line}" for line in doc.splitlines())
 
 
