@@ -126,7 +126,7 @@ class RolloutEvalConfig:
     ``eval:`` sections share; each stage's subclass adds its own fields."""
 
     every: int = 10_000
-    """Env steps between evaluations (authors' setting: 10k); 0 evaluates only at the end (if ``final``)."""
+    """Env steps between evaluations (authors' setting: 10k); 0 evaluates only at the end (rl: if ``final``)."""
     episodes: int = 50
     """Episodes per evaluation (paper: 50 rollouts, Table I; R3M: 50)."""
     num_envs: int = 5
