@@ -6,6 +6,9 @@ mae; rl; probe and report; the stage runners and the entry point. An import may 
 and no two nodes (nor two modules) may import each other, directly or through others. A failure names the import
 sites (``file:line``) that form the cycle or break the layering. Modules named in strings (``importlib``, as
 :data:`visarl.registry.STAGE_MODULES`) are not edges: that is how the stage runners plug in from the top.
+Imports under ``if TYPE_CHECKING:`` never run: they count between packages (what a package knows) but not between
+modules, so a LightningModule may name its stage's config class in an annotation while the stage imports the
+module lazily.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Import:
     source: str
     target: str
     site: str
+    typing_only: bool = False
+    """Under ``if TYPE_CHECKING:``: for annotations only, never executed."""
 
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
@@ -82,16 +87,31 @@ def _known(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
+def _typing_only(tree: ast.AST) -> set[int]:
+    """Ids of the nodes inside ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``) blocks."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        test = getattr(node, "test", None)
+        if isinstance(node, ast.If) and ast.unparse(test).split(".")[-1] == "TYPE_CHECKING":
+            inside |= {id(sub) for stmt in node.body for sub in ast.walk(stmt)}
+    return inside
+
+
 def read_imports(root: Path, package: str) -> list[Import]:
     """Every import from one module of ``package`` to another, at any depth of the file (functions included)."""
     modules = module_names(root, package)
     found = []
     for module, path in modules.items():
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        typing_only = _typing_only(tree)
+        for node in ast.walk(tree):
             site = f"{path.relative_to(root)}:{getattr(node, 'lineno', 0)}"
             targets = {_known(t, modules) for t in _targets(node, module, is_package)}
-            found += [Import(module, t, site) for t in sorted(targets - {None, module})]  # type: ignore[type-var]
+            found += [
+                Import(module, t, site, id(node) in typing_only)
+                for t in sorted(targets - {None, module})  # type: ignore[type-var]
+            ]
     return found
 
 
@@ -114,7 +134,8 @@ def _graph(edges: list[tuple[str, str, str]]) -> Graph:
 
 
 def module_graph(imports: list[Import]) -> Graph:
-    return _graph([(imp.source, imp.target, imp.site) for imp in imports])
+    """Nodes are modules; annotation-only imports are left out (they never run, so they order no import)."""
+    return _graph([(imp.source, imp.target, imp.site) for imp in imports if not imp.typing_only])
 
 
 def package_graph(imports: list[Import], package: str) -> Graph:
@@ -290,6 +311,26 @@ def test_no_cycle_is_reported_for_a_graph_that_goes_one_way(tmp_path):
     imports = read_imports(tmp_path, "pkg")
     assert {(i.source, i.target) for i in imports} == {("pkg.b", "pkg.a"), ("pkg.c", "pkg.b")}
     assert find_cycles(package_graph(imports, "pkg")) == [] == find_cycles(module_graph(imports))
+
+
+def test_an_annotation_only_import_counts_between_packages_not_between_modules(tmp_path):
+    _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/low.py": """\
+                from typing import TYPE_CHECKING
+
+                if TYPE_CHECKING:
+                    from pkg.top import Config
+                """,
+            "pkg/top.py": "import pkg.low\n",
+        },
+    )
+    imports = read_imports(tmp_path, "pkg")
+    assert Import("pkg.low", "pkg.top", "pkg/low.py:4", typing_only=True) in imports
+    assert find_cycles(module_graph(imports)) == []
+    assert "pkg/low.py:4" in find_cycles(package_graph(imports, "pkg"))[0]
 
 
 def test_the_longer_cycle_of_three_nodes_names_every_edge():

@@ -182,7 +182,7 @@ def _collect_sac_state(cfg: CollectConfig, ctx: RunContext, data_dir: Path) -> d
             "pass append=true to add to them or data_dir=<another folder>"
         )
     attrs = producer_attrs(cfg.env, to_yaml(cfg))
-    agent, _ = build_agent(cfg, "identity", "")  # the 39-d state: SAC learns the task fast, frames are only stored
+    agent, _ = build_agent(cfg)  # the 39-d state: SAC learns the task fast, frames are only stored
     t0 = time.perf_counter()
     result = fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs)
     summary = summarize(data_dir)

@@ -33,6 +33,7 @@ from visarl.probe.policy import BCPolicy
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
 from visarl.rl.saliency_source import SALIENCY_SOURCES, labeller, make_saliency_source
+from visarl.rl.stage import RolloutEvalConfig
 
 log = get_logger(__name__)
 
@@ -75,23 +76,13 @@ class BCConfig:
 
 
 @dataclass
-class ProbeEvalConfig:
+class ProbeEvalConfig(RolloutEvalConfig):
     """Evaluation: success over ``episodes`` episodes (success at any step, as in rl), deterministic policy."""
 
     every: int = 1000
     """Optimizer steps between evaluations; the last step is always evaluated. Rollouts dominate the probe's cost."""
-    episodes: int = 50
-    """Episodes per evaluation (R3M: 50)."""
-    num_envs: int = 5
-    """Envs stepped together (their frames are labelled and encoded as one batch)."""
     async_envs: bool = False
     """Run each evaluation env in its own worker process (pays a start-up; helps with spare cores)."""
-    strip_frames: int = 8
-    """Frames of one rollout shown side by side in TensorBoard."""
-
-    def __post_init__(self) -> None:
-        if self.every < 0 or self.episodes < 1 or self.num_envs < 1 or self.strip_frames < 1:
-            raise ConfigError(f"eval: every must be >= 0, episodes, num_envs and strip_frames >= 1 (got {self})")
 
 
 @dataclass

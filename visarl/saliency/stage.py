@@ -42,7 +42,7 @@ from visarl.core.runtime import (
 )
 from visarl.registry import RunContext, register_stage
 from visarl.saliency.data import default_annotations, default_weights
-from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, side_strides
+from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, SALIENCY_LOSSES, side_strides
 
 log = get_logger(__name__)
 
@@ -90,8 +90,9 @@ class SaliencyConfig(RunConfig):
     """Fractions of the epochs where the LR is multiplied by lr_decay (PiCANet's solver: 7k and 14k of 20k)."""
     side_weights: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.8, 1.0])
     """Deep-supervision weights of the finest side outputs; coarser ones take the first (PiCANet)."""
-    loss: str = "bce"
-    """Per-side loss: 'bce' (PiCANet) or 'mse'."""
+    loss: str = "weighted_mse"
+    """Per-side loss: 'weighted_mse' (the paper's WeightedMSE, Table III), 'bce' (PiCANet's, and what the authors'
+    code trains with) or 'mse'. See docs/fidelity.md."""
     val_fraction: float = 0.2
     """Share of the annotated frames held out (paper: 20%); the split is fixed by the seed."""
     selection: str = "last"
@@ -113,7 +114,7 @@ class SaliencyConfig(RunConfig):
     """DataLoader worker processes (0: load in the main process; the data is ~30 frames in memory)."""
 
     def __post_init__(self) -> None:
-        choice("loss", self.loss, ["bce", "mse"])
+        choice("loss", self.loss, list(SALIENCY_LOSSES))
         choice("decoder", self.decoder, list(DECODERS))
         if self.input_size < 8 or self.input_size % 8:
             raise ConfigError(f"input_size: must be a positive multiple of 8, got {self.input_size}")
