@@ -131,6 +131,7 @@ def offline(argv: list[str]) -> None:
     from visarl.data.datamodules import ReplayBuffer, shard_readers
     from visarl.rl.encoders import PixelCNN
     from visarl.rl.sac import SACAgent, make_optimizers
+    from visarl.rl.stage import SACConfig
 
     parser = argparse.ArgumentParser(prog="bf16_reach.py offline")
     parser.add_argument("--data", nargs="+", default=None, help="shard dirs (default: the newest quickstart run's)")
@@ -154,12 +155,14 @@ def offline(argv: list[str]) -> None:
         buf.load_shard(r)
     print(f"{len(buf)} transitions from {args.data}; rewards mean {buf.reward[: buf.size].mean():.2f}")
     probe_batch = buf.sample(256, np.random.default_rng(12345))
+    sac = SACConfig(hidden_dim=args.hidden)
 
     def make(dtype: torch.dtype | None, batch_seed: int) -> tuple:
         torch.manual_seed(0)  # the same initial weights for every agent
-        agent = SACAgent(PixelCNN("rgb", (size, size)), 4, hidden_dim=args.hidden, encoder_dtype=dtype)
+        agent = SACAgent(PixelCNN("rgb", (size, size)), 4, encoder_dtype=dtype, **sac.agent_kwargs())
         torch.manual_seed(batch_seed)  # the policy's sampling noise stream follows the batch seed
-        return agent, make_optimizers(agent), np.random.default_rng(batch_seed), torch.get_rng_state()
+        opts = make_optimizers(agent, **sac.optimizer_kwargs())
+        return agent, opts, np.random.default_rng(batch_seed), torch.get_rng_state()
 
     agents = {"fp32": make(None, 1), "bf16": make(torch.bfloat16, 1), "fp32_seed2": make(None, 2)}
     noise = {k: v[3] for k, v in agents.items()}
@@ -197,7 +200,7 @@ def offline(argv: list[str]) -> None:
         for k, (agent, opts, rng, _) in agents.items():
             torch.set_rng_state(noise[k])
             for i in range(u, u + args.every):
-                agent.update(buf.sample(args.batch, rng), opts, i)
+                agent.update(buf.sample(args.batch, rng), opts, i, **sac.update_kwargs())
             noise[k] = torch.get_rng_state()
     print(f"{args.updates} updates per agent in {time.perf_counter() - start:.0f} s")
     print(f"bf16_vs_seed_q_distance: {ratio:.2f}")

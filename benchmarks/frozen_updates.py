@@ -48,6 +48,7 @@ from visarl.rl.encoders import IdentityEncoder, make_encoder, to_unit
 from visarl.rl.module import batch_to
 from visarl.rl.networks import trunk
 from visarl.rl.sac import SACAgent, make_optimizers
+from visarl.rl.stage import SACConfig
 
 A, IMG, B = 4, 64, 128
 ROWS = 2000
@@ -84,17 +85,18 @@ def visarl_fn(ckpt: Path, stored: bool) -> Callable[[], None]:
     else:
         frozen = load_encoder(ckpt)
         shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
-        encoder = make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim)
+        encoder = make_encoder("mmae", "rgbs", shapes, module=frozen)
         u8 = np.dtype(np.uint8)
         obs, spec = frames, {"rgb": ((3, IMG, IMG), u8), "saliency": ((1, IMG, IMG), u8)}
-    agent = SACAgent(encoder, A)  # paper heads: 100-d trunk, 3 x 1024
-    opts = make_optimizers(agent)
+    sac = SACConfig()  # paper heads: 100-d trunk, 3 x 1024
+    agent = SACAgent(encoder, A, **sac.agent_kwargs())
+    opts = make_optimizers(agent, **sac.optimizer_kwargs())
     buf = ReplayBuffer(ROWS + 1, spec, A)
     _fill(buf, obs, rng)
     step = [0]
 
     def update() -> None:
-        agent.update(batch_to(buf.sample(B, rng), torch.device("cpu")), opts, step[0])
+        agent.update(batch_to(buf.sample(B, rng), torch.device("cpu")), opts, step[0], **sac.update_kwargs())
         step[0] += 1
 
     return update
@@ -199,14 +201,13 @@ def loop_rate(ckpt: Path, picanet: Path, folder: Path, steps: int, reencode: boo
     ]
     original = rl_stage.build_agent
 
-    def reencoding_agent(cfg, encoder, variant, **kw):  # the previous path: the frozen encoder inside the agent
-        agent, embedder = original(cfg, encoder, variant, **kw)
+    def reencoding_agent(cfg):  # the previous path: the frozen encoder inside the agent
+        agent, embedder = original(cfg)
         frozen = embedder.encoder
         shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
-        enc = make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim)
+        enc = make_encoder("mmae", "rgbs", shapes, module=frozen)
         enc.obs_keys = embedder.inputs
-        s = cfg.sac
-        return SACAgent(enc, A, s.feature_dim, s.hidden_dim, s.num_layers), None
+        return SACAgent(enc, A, **cfg.sac.agent_kwargs()), None
 
     if reencode:
         rl_stage.build_agent = reencoding_agent

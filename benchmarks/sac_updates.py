@@ -39,7 +39,7 @@ from visarl.rl.encoders import IdentityEncoder, PixelCNN
 from visarl.rl.module import batch_to
 from visarl.rl.networks import trunk
 from visarl.rl.sac import SACAgent, make_optimizers
-from visarl.rl.stage import native_bf16
+from visarl.rl.stage import SACConfig, native_bf16
 
 A = 4
 STATE_DIM = 39
@@ -65,9 +65,9 @@ def visarl_step_fn(
     else:
         encoder = IdentityEncoder(STATE_DIM)
         spec = {"state": ((STATE_DIM,), np.dtype(np.float32))}
-    # paper heads: Linear -> 100 + LayerNorm + tanh, 3 x 1024
-    agent = SACAgent(encoder, A, encoder_dtype=encoder_dtype).to(device)
-    opts = make_optimizers(agent)
+    sac = SACConfig(actor_update_freq=actor_every)  # paper heads: Linear -> 100 + LayerNorm + tanh, 3 x 1024
+    agent = SACAgent(encoder, A, encoder_dtype=encoder_dtype, **sac.agent_kwargs()).to(device)
+    opts = make_optimizers(agent, **sac.optimizer_kwargs())
     buf = ReplayBuffer(rows + 1, spec, A)
     rng = np.random.default_rng(0)
     obs = {
@@ -89,7 +89,7 @@ def visarl_step_fn(
 
     def update() -> None:
         sample = batch_to(buf.sample(batch, rng), torch.device(device))
-        agent.update(sample, opts, step[0], actor_update_freq=actor_every, autocast_dtype=autocast)
+        agent.update(sample, opts, step[0], **sac.update_kwargs(), autocast_dtype=autocast)
         step[0] += 1
 
     return update

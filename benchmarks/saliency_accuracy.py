@@ -102,6 +102,7 @@ def train(
         "export_path=none",
         f"input_size={args.input_size}",
         f"decoder={decoder}",
+        *([f"loss={args.loss}"] if args.loss else []),
         f"fc6_dilation={max(1, round(12 * args.input_size / 224))}",
         f"width_mult={args.width}",
         # ImageNet VGG-16 weights fit the full-width net only; narrower nets start from random weights
@@ -142,6 +143,12 @@ def main() -> None:
         choices=["authors", "full"],
         help="PiCANet decoders scored on the same frames (authors: the paper default; full: Liu et al.'s)",
     )
+    parser.add_argument(
+        "--loss",
+        default="",
+        choices=["", "weighted_mse", "bce", "mse"],
+        help="PiCANet training loss ('': the stage's default; see docs/fidelity.md)",
+    )
     parser.add_argument("--smoke", action="store_true", help="smoke run: tiny net, 4 epochs, little data")
     args = parser.parse_args()
     if args.smoke:
@@ -157,7 +164,7 @@ def main() -> None:
     device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() and not args.cpu else "CPU"
     print(
         f"settings: input {args.input_size} px, width_mult {args.width}, {args.epochs} epochs, batch 16, AdamW 3e-4, "
-        f"precision {args.precision}, annotator {args.annotator}, {device} ({torch.get_num_threads()} threads)"
+        f"loss {args.loss or 'stage default'}, precision {args.precision}, annotator {args.annotator}, {device} ({torch.get_num_threads()} threads)"
     )
 
     results = {}

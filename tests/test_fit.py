@@ -182,3 +182,56 @@ def test_every_config_file_validates():
             continue
         build(get_stage(raw["stage"]).schema, raw)
     assert "collect" in known_stages()
+
+
+def test_help_with_config_lists_every_field_and_writes_nothing(tmp_path, capsys):
+    """--help after --config: each field's type, current value (file + overrides), default and docstring."""
+    conf = str(REPO / "conf/rl/tiny.yaml")
+    assert main(["--config", conf, f"output_dir={tmp_path}", "sac.batch_size=7", "--help"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "num_steps: int = 60  (default: 1000000)" in lines  # set by the file
+    assert "  batch_size: int = 7  (default: 128)" in lines  # a section's field, indented, set by an override
+    at = lines.index("  batch_size: int = 7  (default: 128)")
+    assert lines[at + 1].strip().startswith("Transitions per update")  # its field docstring
+    assert "sac: SACConfig" in lines and "  every: int = 30  (default: 10000)" in lines
+    assert "modalities: list[str] = []  (default: [])" in lines  # one line per value, lists included
+    for name in ("seed", "trainer", "env", "encoder_ckpt", "saliency_sigma"):  # every field, sections included
+        assert any(line.startswith(f"{name}: ") for line in lines), name
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_help_without_config_is_the_usage(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m visarl.fit") and "--config" in out
+
+
+def test_field_docs_follow_inheritance():
+    from visarl.config import field_docs
+    from visarl.probe.stage import ProbeEvalConfig
+
+    docs = field_docs(ProbeEvalConfig)
+    assert docs["every"].startswith("Optimizer steps")  # the probe's own
+    assert docs["episodes"].startswith("Episodes per evaluation")  # inherited from the shared base
+    assert field_docs(EchoConfig)["seed"].startswith("Seeds python")  # from RunConfig
+
+
+def test_every_key_error_of_file_and_overrides_in_one_message(tmp_path):
+    conf = _write(tmp_path, "stage: echo_test\nwidht: 3\ninner:\n  width: wide\n  rato: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(str(conf), None, ["mdoe=b", "limit=3"])
+    assert len(info.value.problems) == 4
+    message = str(info.value)
+    assert message.startswith("4 config errors:")
+    expected = (
+        "unknown config key 'widht'",
+        "inner.width: 'wide' (str) is not a valid int",
+        "unknown config key 'inner.rato'; did you mean 'inner.ratio'?",
+        "unknown config key 'mdoe'",  # from the overrides
+    )
+    for part in expected:
+        assert part in message, part
+    with pytest.raises(ConfigError) as one:  # a single mistake reads as before
+        resolve(str(_write(tmp_path, "stage: echo_test\nwidth: 3\n", "one.yaml")), None, [])
+    assert str(one.value).startswith("unknown config key 'width'") and one.value.problems == [str(one.value)]

@@ -27,11 +27,13 @@ from visarl.mae import FrameEmbedder, build_multimae, load_encoder, save_checkpo
 from visarl.rl.encoders import IdentityEncoder, make_encoder
 from visarl.rl.replay import Replay
 from visarl.rl.sac import SACAgent, make_optimizers
+from visarl.rl.stage import SACConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "conf/rl/tiny.yaml"
 IMG, B, A = 32, 16, 4
-HEADS = {"feature_dim": 16, "hidden_dim": 32, "num_layers": 2}
+HEADS = SACConfig(feature_dim=16, hidden_dim=32, num_layers=2).agent_kwargs()
+SCHEDULE = SACConfig().update_kwargs()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def _agents(ckpt: Path) -> tuple[SACAgent, SACAgent, FrameEmbedder]:
     embedder = FrameEmbedder(load_encoder(ckpt))
     shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
     torch.manual_seed(1)
-    reencode = SACAgent(make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim), A, **HEADS)
+    reencode = SACAgent(make_encoder("mmae", "rgbs", shapes, module=frozen), A, **HEADS)
     stored = SACAgent(IdentityEncoder(embedder.dim, key=embedder.key), A, **HEADS)
     heads = {k: v for k, v in reencode.state_dict().items() if not k.startswith("encoder.")}
     missing, unexpected = stored.load_state_dict(heads, strict=False)
@@ -136,9 +138,9 @@ def test_full_updates_follow_the_same_trajectory(ckpt):
     before = copy.deepcopy(stored.critic.state_dict())
     for step in range(4):
         torch.manual_seed(100 + step)
-        ma = reencode.update(frames, opts_a, step)
+        ma = reencode.update(frames, opts_a, step, **SCHEDULE)
         torch.manual_seed(100 + step)
-        mb = stored.update(emb, opts_b, step)
+        mb = stored.update(emb, opts_b, step, **SCHEDULE)
         torch.testing.assert_close(ma["losses/qf_loss"], mb["losses/qf_loss"], rtol=1e-4, atol=1e-5)
     heads_a = {k: v for k, v in reencode.state_dict().items() if not k.startswith("encoder.")}
     for k, v in stored.state_dict().items():
@@ -271,18 +273,19 @@ def test_sigkill_resume_reloads_embeddings_and_policy_acts_alike(tmp_path, ckpt,
     rows = {k: np.concatenate([ShardReader(p).read(k) for p in shards]) for k in ("rgb", "saliency", key)}
     recomputed = original_call(embedder, rows)
     np.testing.assert_allclose(rows[key], recomputed, rtol=1e-5, atol=1e-5)
+    assert all(ShardReader(p).attrs[key].startswith("visarl-multimae sha1=") for p in shards)  # which encoder
 
     # the trained policy acts alike on the live frame (re-encoded) and on its stored embedding
     from visarl.config import build
     from visarl.rl.stage import RLConfig, build_agent
 
     cfg = build(RLConfig, {**_cfg_dict(run_dir)})
-    agent, _ = build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(ckpt), modalities=("rgb", "saliency"))
+    agent, _ = build_agent(cfg)
     state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     agent.load_state_dict({k.removeprefix("agent."): v for k, v in state.items() if k.startswith("agent.")})
     frozen = load_encoder(ckpt)
     shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
-    live = SACAgent(make_encoder("frozen", "rgbs", shapes, module=frozen, out_dim=frozen.out_dim), A, **_heads(cfg))
+    live = SACAgent(make_encoder("mmae", "rgbs", shapes, module=frozen), A, **cfg.sac.agent_kwargs())
     live.load_state_dict({k: v for k, v in agent.state_dict().items() if not k.startswith("encoder.")}, strict=False)
     pick = np.arange(0, len(rows[key]), 7)
     frames = {"rgb": rows["rgb"][pick], "saliency": rows["saliency"][pick]}
@@ -297,7 +300,3 @@ def _cfg_dict(run_dir: Path) -> dict:
 
     d = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     return {k: v for k, v in d.items() if k not in ("name", "run")} | {"name": d["name"], "run": d["run"]}
-
-
-def _heads(cfg) -> dict:
-    return {"feature_dim": cfg.sac.feature_dim, "hidden_dim": cfg.sac.hidden_dim, "num_layers": cfg.sac.num_layers}

@@ -340,7 +340,7 @@ def test_loss_falls_with_adamw():
 
 def test_frozen_encoder():
     model = tiny()
-    enc = model.frozen_encoder()
+    enc = FrozenEncoder.from_model(model)
     x = images()
     assert enc.out_dim == 64 and not enc.training
     assert all(not p.requires_grad for p in enc.parameters())
@@ -415,11 +415,11 @@ def test_bad_checkpoint_files(tmp_path):
 def test_frozen_encoder_rejects_bad_options():
     model = tiny()
     with pytest.raises(ValueError, match="subset"):
-        model.frozen_encoder(modalities=("depth",))
+        FrozenEncoder.from_model(model, modalities=("depth",))
     with pytest.raises(ValueError, match="global token"):
-        tiny(global_token=False).frozen_encoder(pooling="global")
+        FrozenEncoder.from_model(tiny(global_token=False), pooling="global")
     with pytest.raises(ValueError, match="pooling"):
-        model.frozen_encoder(pooling="max")
+        FrozenEncoder.from_model(model, pooling="max")
 
 
 # ---------------------------------------------------------------- the authors' recipe: loss kinds, encoder, versions
@@ -499,7 +499,7 @@ def test_encoder_has_a_global_token_and_no_final_norm():
         by_hand = enc.blocks(torch.cat([enc.global_token.expand(B, -1, -1), tokens], dim=1))  # last block's output
         torch.testing.assert_close(model.forward_features(x), by_hand)
         # the frozen encoder's state: the mean of the 128 patch tokens, finite without a final norm
-        state = model.frozen_encoder()(x)
+        state = FrozenEncoder.from_model(model)(x)
     torch.testing.assert_close(state, by_hand[:, 1:].mean(1))
     assert torch.isfinite(state).all()
     assert tiny(final_norm=True).encoder.norm.__class__ is torch.nn.LayerNorm

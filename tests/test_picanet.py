@@ -225,15 +225,18 @@ def test_deep_supervision_loss_against_numpy() -> None:
     sizes = (1, 2, 4, 8, 16)
     sides = [rng.uniform(0.05, 0.95, (2, 1, s, s)).astype(np.float32) for s in sizes]
     weights = (0.5, 0.8, 1.0)  # fewer than sides: the coarse ones take 0.5
-    expected_bce, expected_mse = 0.0, 0.0
+    expected_bce, expected_mse, expected_wmse = 0.0, 0.0, 0.0
     for side, w in zip(sides, (0.5, 0.5, 0.5, 0.8, 1.0), strict=True):
         t = _numpy_area_down(target, side.shape[-1])
         p = side[:, 0].astype(np.float64)
         expected_bce += w * np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
         expected_mse += w * np.mean((p - t) ** 2)
+        expected_wmse += w * np.mean((1 / (1.05 - t)) * (p - t) ** 2)  # the authors' train_picanet.py formula
     torch_sides = [torch.from_numpy(s) for s in sides]
-    bce = deep_supervision_loss(torch_sides, torch.from_numpy(target), weights)
+    default = deep_supervision_loss(torch_sides, torch.from_numpy(target), weights)
+    bce = deep_supervision_loss(torch_sides, torch.from_numpy(target), weights, kind="bce")
     mse = deep_supervision_loss(torch_sides, torch.from_numpy(target)[:, None], weights, kind="mse")
+    assert default.item() == pytest.approx(expected_wmse, rel=1e-5)  # Table III's WeightedMSE is the default
     assert bce.item() == pytest.approx(expected_bce, rel=1e-5)
     assert mse.item() == pytest.approx(expected_mse, rel=1e-5)
     with pytest.raises(ValueError, match="kind"):
@@ -251,7 +254,7 @@ def test_deep_supervision_loss_of_each_decoder(decoder: str) -> None:
     target = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         sides = model(torch.rand(2, 3, 32, 32)).sides
-        loss = deep_supervision_loss(sides, target).item()
+        loss = deep_supervision_loss(sides, target, kind="bce").item()
     weights = {"authors": (0.5, 0.8, 0.8, 1.0), "full": (0.5, 0.5, 0.5, 0.8, 0.8, 1.0)}[decoder]
     expected = 0.0
     for side, w in zip(sides, weights, strict=True):

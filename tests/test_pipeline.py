@@ -76,3 +76,44 @@ def test_quickstart_pipeline_validates(tmp_path):
     overrides = check_steps(cfg, run_dir)
     assert list(overrides) == [s.name for s in cfg.steps]
     assert overrides["label"][-1] == f"checkpoint={run_dir}/saliency/run/picanet.pt"  # {step:saliency} filled
+
+
+def test_resumed_step_is_checked_again_and_takes_the_pipelines_fix(tmp_path, capsys, monkeypatch):
+    """An interrupted rl step whose saved config pairs a 64 px encoder with 32 px frames: --resume of the pipeline is
+    a one-line error (exit 2) naming the step and the file; once the pipeline's overrides fix the value, the resumed
+    step runs with it (its saved config alone would keep the bad one)."""
+    from omegaconf import OmegaConf
+
+    from visarl.config import to_yaml
+    from visarl.fit import main, resolve
+    from visarl.mae import build_multimae, save_checkpoint
+    from visarl.registry import get_stage
+
+    ckpt = tmp_path / "mmae64.pt"
+    save_checkpoint(build_multimae("tiny", ("rgb", "saliency"), image_size=64), ckpt)
+    conf = _pipeline(
+        tmp_path,
+        f'  - name: rl\n    config: conf/rl/tiny.yaml\n    overrides: ["encoder=mmae", "encoder_ckpt={ckpt}"]\n',
+    )
+    cfg, run_dir, _ = resolve(conf, None, [f"output_dir={tmp_path}/runs", "run=p"])
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    step_overrides = ["encoder=mmae", f"encoder_ckpt={ckpt}", f"output_dir={run_dir}", "name=rl", "run=run"]
+    step_cfg, step_dir, _ = resolve("conf/rl/tiny.yaml", None, step_overrides)
+    step_dir.mkdir(parents=True)  # the step started before its input check existed, then stopped
+    (step_dir / "config.yaml").write_text(to_yaml(step_cfg))
+
+    assert main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "steps.rl" in err and str(ckpt) in err and "env.image_size is 32" in err
+    assert (step_dir / "config.yaml").is_file()  # the interrupted step's run is kept
+
+    saved = OmegaConf.load(run_dir / "config.yaml")  # the fix, in the pipeline's own config
+    saved.steps[0].overrides.append("env.image_size=64")
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    seen = []
+    monkeypatch.setattr(get_stage("rl"), "runner", lambda cfg, ctx: seen.append((cfg.env.image_size, ctx)) or {})
+    assert main(["--resume", str(run_dir)]) == 0
+    assert [(size, ctx.run_dir, ctx.resume) for size, ctx in seen] == [(64, step_dir, True)]
+    assert OmegaConf.load(step_dir / "config.yaml").env.image_size == 64

@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from visarl.config import build, to_yaml
 from visarl.fit import run
 from visarl.report import aggregate_curves, collect_results, method_of, table_cells
+from visarl.rl.encoders import PIXEL_VARIANTS
+from visarl.rl.evaluate import EvalResult
+from visarl.rl.stage import RLConfig
 
 
 def _fake_run(
@@ -21,25 +25,42 @@ def _fake_run(
     seed: int,
     curve: list[float],
     final: float | None,
-    saliency: str | None = None,
-    config_saliency: str = "",
+    saliency: str = "",
+    legacy: bool = False,
 ) -> Path:
-    run_dir = root / f"{task}-{variant}-{seed}-{saliency}-{config_saliency}"
+    """An rl run folder in the shape the rl stage writes it: the resolved config.yaml, the eval/success_rate events,
+    and eval.json as SACLoop writes it (EvalResult records; the saliency source the policy read).
+
+    ``saliency`` is the config's source (default: picanet where the variant reads maps); ``legacy`` drops the source
+    from eval.json, as runs written before it recorded one.
+    """
+    run_dir = root / f"{task}-{variant}-{seed}-{saliency}-{legacy}"
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(
-        f"stage: rl\nseed: {seed}\nenv:\n  task: {task}\nencoder:\n  name: cnn\n  variant: {variant}\n"
-        + (f"saliency: {config_saliency}\n" if config_saliency else "")
+    reads_maps = "saliency" in PIXEL_VARIANTS[variant].obs_keys
+    saliency = saliency or ("picanet" if reads_maps else "none")
+    cfg = build(
+        RLConfig,
+        {"seed": seed, "env": {"task": task}, "variant": variant, "saliency": saliency, "saliency_ckpt": "p.pt"},
     )
+    cfg.name, cfg.run = root.name, run_dir.name
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
     tb = SummaryWriter(str(run_dir))
     for i, v in enumerate(curve):
         tb.add_scalar("eval/success_rate", v, (i + 1) * 1000)
     tb.close()
     if final is not None:
-        record = {"final": {"success_rate": final, "episodes": 50}}
-        if saliency is not None:
-            record["saliency"] = saliency
-        (run_dir / "eval.json").write_text(json.dumps(record))
+        records = [_record((i + 1) * 1000, v) for i, v in enumerate(curve[:-1])] + [_record(len(curve) * 1000, final)]
+        source = {"saliency": saliency if reads_maps else "none"}  # SACLoop.saliency_record
+        if source["saliency"] == "picanet":
+            source["saliency_ckpt"] = cfg.saliency_ckpt
+        doc = {"task": task, **({} if legacy else source), "env_step": records[-1]["step"], "final": records[-1]}
+        (run_dir / "eval.json").write_text(json.dumps({**doc, "curve": records}))
     return run_dir
+
+
+def _record(step: int, success: float) -> dict:
+    """One evaluation as eval.json stores it; its mean return is 100 x its success rate."""
+    return EvalResult(step, success, 100.0 * success, 500.0, 50, 1.0, [success] * 50, [100.0 * success] * 50).record()
 
 
 @pytest.fixture
@@ -96,11 +117,27 @@ def test_curve_aggregation_mean_and_standard_error(fake_runs):
     assert np.allclose(sem, values.std(0, ddof=1) / np.sqrt(3))
 
 
-def test_method_names():
-    assert method_of({"encoder": {"name": "cnn", "variant": "rgb_x_saliency"}}) == "CNN RGB x Saliency"
-    assert method_of({"encoder": {"name": "mmae", "modalities": ["rgb", "saliency"]}}) == "MMAE RGB+Saliency"
-    assert method_of({"encoder": {"name": "mmae", "modalities": ["rgb"]}}) == "MMAE RGB"
-    assert method_of({"method": "custom", "encoder": {"name": "cnn"}}) == "custom"
+def test_method_names(tmp_path):
+    from omegaconf import OmegaConf
+
+    from visarl.mae import build_multimae, save_checkpoint
+
+    rgbs = tmp_path / "rgbs.pt"
+    save_checkpoint(build_multimae("tiny", ("rgb", "saliency"), image_size=32), rgbs)
+
+    def method(**fields) -> str:  # from config.yaml as the rl stage writes it
+        cfg = build(RLConfig, {"saliency": "oracle", **fields})
+        return method_of(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
+
+    assert method(variant="rgb_x_saliency") == "CNN RGB x Saliency"
+    assert method(encoder="identity") == "identity"
+    mmae = {"encoder": "mmae", "encoder_ckpt": str(rgbs)}
+    assert method(**mmae, variant="rgbs", modalities=["rgb", "saliency"]) == "MMAE RGB+Saliency"
+    assert method(**mmae, variant="rgbs") == "MMAE RGB+Saliency"  # no modalities: the variant's inputs
+    assert method(**mmae, variant="rgb", modalities=["rgb"]) == "MMAE RGB+Saliency(PO)"  # pretrained with maps
+    rgb = tmp_path / "rgb.pt"
+    save_checkpoint(build_multimae("tiny", ("rgb",), image_size=32), rgb)
+    assert method(**{**mmae, "encoder_ckpt": str(rgb)}, variant="rgb") == "MMAE RGB"
 
 
 def test_publish_writes_json_table_and_figure_from_the_runs(fake_runs, tmp_path):
@@ -112,9 +149,6 @@ def test_publish_writes_json_table_and_figure_from_the_runs(fake_runs, tmp_path)
     for run_dir in root.glob("reach-v3-*"):  # one task: methods map straight to per-seed finals
         run_dir.rename(reach / run_dir.name)
         (reach / run_dir.name / "summary.json").write_text("{}")  # the rl stage writes it when a run ends
-        ev = json.loads((reach / run_dir.name / "eval.json").read_text())
-        ev["curve"] = [{"step": 1000, "return": 10.0}, {"step": 3000, "return": 100.0 * ev["final"]["success_rate"]}]
-        (reach / run_dir.name / "eval.json").write_text(json.dumps(ev))
     running = _fake_run(reach, "reach-v3", "rgb", 7, [0.0], 0.0)  # no summary.json: still running, not counted
     out = tmp_path / "docs"
     doc = publish(reach, out, "demo", "python -m visarl.fit --config X")
@@ -136,8 +170,8 @@ def test_oracle_runs_are_their_own_marked_row(tmp_path):
         _fake_run(root, "reach", "rgbs", seed, [final], final, saliency="picanet")
     _fake_run(root, "reach", "rgbs", 0, [0.9], 0.9, saliency="oracle")
     # written before eval.json recorded the source: the config's saliency key decides
-    _fake_run(root, "reach", "rgbs", 1, [0.8], 0.8, config_saliency="oracle")
-    _fake_run(root, "reach", "rgb", 0, [0.3], 0.3, config_saliency="oracle")  # rgb never reads maps: not marked
+    _fake_run(root, "reach", "rgbs", 1, [0.8], 0.8, saliency="oracle", legacy=True)
+    _fake_run(root, "reach", "rgb", 0, [0.3], 0.3, saliency="oracle", legacy=True)  # rgb never reads maps: not marked
     results = collect_results([root])
     assert sorted(r.label for r in results) == ["CNN RGB", "CNN RGBS", "CNN RGBS", "CNN RGBS †", "CNN RGBS †"]
     cells = table_cells(results)

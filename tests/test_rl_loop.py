@@ -326,9 +326,7 @@ def test_saliency_record_names_what_the_policy_read(source, inputs, expected):
 
     from visarl.rl.module import SACLoop
 
-    loop = SimpleNamespace(
-        settings=SimpleNamespace(saliency=source, saliency_ckpt="p.pt"), _policy_inputs=lambda: inputs
-    )
+    loop = SimpleNamespace(cfg=SimpleNamespace(saliency=source, saliency_ckpt="p.pt"), _policy_inputs=lambda: inputs)
     assert SACLoop.saliency_record(loop) == expected
 
 
@@ -354,10 +352,11 @@ def test_rl_config_errors_name_the_keys(monkeypatch):
     with pytest.raises(ConfigError, match="encoder_precision"):
         build(RLConfig, {"encoder_precision": "fp8"})
     small = {"cnn_layers": 2, "cnn_filters": 4, "sac": {"hidden_dim": 8, "feature_dim": 8}, "env": {"image_size": 16}}
-    cfg = build(RLConfig, {**small, "encoder_precision": "bf16"})
-    agent, _ = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision=cfg.encoder_precision)
+    agent, _ = build_agent(build(RLConfig, {**small, "encoder_precision": "bf16"}))
     assert agent.encoder_dtype == torch.bfloat16
-    assert build_agent(cfg, "cnn", "rgb", cnn_layers=2)[0].encoder_dtype is None
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in agent.encoder.modules()) == 2  # cnn_layers
+    assert agent.actor.trunk[0].out_features == 8  # the heads come from cfg.sac
+    assert build_agent(build(RLConfig, {**small, "encoder_precision": "32"}))[0].encoder_dtype is None
     # 'auto' (the default): bf16 for the CNN only where bf16 convolutions are native; never for the state
     import visarl.rl.stage as rl_stage
 
@@ -365,9 +364,8 @@ def test_rl_config_errors_name_the_keys(monkeypatch):
     assert cfg.encoder_precision == "auto"
     for native, dtype in ((True, torch.bfloat16), (False, None)):
         monkeypatch.setattr(rl_stage, "native_bf16", lambda accelerator, native=native: native)
-        agent, _ = build_agent(cfg, "cnn", "rgb", cnn_layers=2, cnn_filters=4, encoder_precision="auto")
-        assert agent.encoder_dtype == dtype
-        assert build_agent(cfg, "identity", "rgb", encoder_precision="auto")[0].encoder_dtype is None
+        assert build_agent(cfg)[0].encoder_dtype == dtype
+        assert build_agent(build(RLConfig, {**small, "encoder": "identity"}))[0].encoder_dtype is None
     assert rl_stage.native_bf16("mps") is False and rl_stage.native_bf16("gpu") is False  # GPUs keep fp32
 
 
@@ -402,7 +400,7 @@ def test_mmae_encoder_from_checkpoint(tmp_path):
                 "sac": {"hidden_dim": 32, "feature_dim": 16},
             },
         )
-        agent, embedder = build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(ckpt), modalities=tuple(modalities))
+        agent, embedder = build_agent(cfg)
         assert embedder.inputs == inputs and embedder.dim == 64 and agent.obs_keys == (embedder.key,)
         assert not is_trainable(agent.encoder) and agent.encoder_target is None
         assert not any(p.requires_grad for p in embedder.encoder.parameters())
@@ -413,16 +411,18 @@ def test_mmae_encoder_from_checkpoint(tmp_path):
             np.testing.assert_array_equal(embedder({**obs, "saliency": np.zeros_like(obs["saliency"])}), feats)
     assert len(keys_seen) == 2  # the same weights with other inputs give other embeddings: another name
     # variant rgb without modalities on a rgb+saliency checkpoint: rgb alone, like the pretrain-only row
-    assert build_agent(cfg, "mmae", "rgb", encoder_ckpt=str(ckpt))[1].inputs == ("rgb",)
+    mmae = {"encoder": "mmae", "encoder_ckpt": str(ckpt), "env": {"image_size": 32}}
+    assert build_agent(build(RLConfig, {**mmae, "variant": "rgb"}))[1].inputs == ("rgb",)
+    rgbs = {**mmae, "variant": "rgbs", "saliency": "oracle"}
     with pytest.raises(ConfigError, match="encoder_ckpt"):
-        build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(tmp_path / "missing.pt"))
+        build_agent(build(RLConfig, {**rgbs, "encoder_ckpt": str(tmp_path / "missing.pt")}))
     rgb_only = tmp_path / "rgb.pt"
     save_checkpoint(build_multimae("tiny", ("rgb",), image_size=32), rgb_only)
     with pytest.raises(ConfigError, match="encoder_ckpt"):  # the checkpoint has no saliency input
-        build_agent(cfg, "mmae", "rgbs", encoder_ckpt=str(rgb_only))
-    small = build(RLConfig, {"encoder": "mmae", "encoder_ckpt": str(ckpt), "env": {"image_size": 16}})
+        build_agent(build(RLConfig, {**rgbs, "encoder_ckpt": str(rgb_only)}))
+    small = build(RLConfig, {**mmae, "env": {"image_size": 16}})
     with pytest.raises(ConfigError, match="trained on 32x32"):  # encoder and env disagree on the frame size
-        build_agent(small, "mmae", "rgb", encoder_ckpt=str(ckpt))
+        build_agent(small)
 
 
 @pytest.mark.slow

@@ -11,13 +11,18 @@ from torch import nn
 
 from visarl.config import ConfigError
 from visarl.data.datamodules import TransitionBatch
-from visarl.rl.encoders import PIXEL_VARIANTS, FrozenEncoder, IdentityEncoder, PixelCNN, make_encoder
+from visarl.mae import FrozenEncoder, build_multimae
+from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, PixelCNN, make_encoder
 from visarl.rl.networks import Actor, Critic
 from visarl.rl.sac import SACAgent, make_optimizers, polyak_update, soft_td_target
 from visarl.rl.saliency_source import OracleSaliency
+from visarl.rl.stage import SACConfig
 
 A = 4  # Meta-World action size
-SMALL = dict(feature_dim=16, hidden_dim=32, num_layers=3)
+PAPER = SACConfig()  # the one place SAC's defaults live
+WIDTHS = dict(feature_dim=16, hidden_dim=32, num_layers=3)
+SMALL = {**PAPER.agent_kwargs(), **WIDTHS}
+SCHEDULE = PAPER.update_kwargs()
 IMG = 16  # small frames: 16 -> 7 -> 5 -> 3 with 3 unpadded conv layers
 
 
@@ -48,7 +53,7 @@ def small_cnn(variant: str = "rgbs") -> PixelCNN:
 
 def cnn_agent(seed: int = 0, **kw) -> SACAgent:
     torch.manual_seed(seed)
-    return SACAgent(small_cnn(), A, **SMALL, **kw)
+    return SACAgent(small_cnn(), A, **{**SMALL, **kw})
 
 
 def params_of(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -161,29 +166,24 @@ def test_make_encoder_factory():
     with pytest.raises(ConfigError, match="saliency"):
         make_encoder("cnn", "rgbs", {"rgb": (3, 64, 64)})
     with pytest.raises(ConfigError, match="module"):
-        make_encoder("frozen", "rgb", shapes)
-
-
-class TinyPretrained(nn.Module):
-    """Stands in for an exported MultiMAE encoder: {rgb, saliency} -> [B, 24]; has dropout to catch train mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(4, 6, 3, stride=4)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(6 * 4 * 4, 24)
-
-    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        assert x["rgb"].dtype == torch.float32 and x["rgb"].max() <= 1.0
-        h = self.conv(torch.cat([x["rgb"], x["saliency"]], 1)).flatten(1)
-        return self.fc(self.drop(h))
+        make_encoder("mmae", "rgb", shapes)
+    with pytest.raises(ConfigError, match="encoder"):
+        make_encoder("frozen", "rgb", shapes)  # the one name of the frozen MultiMAE is "mmae"
 
 
 def test_frozen_encoder_never_changes():
     torch.manual_seed(0)
     shapes = {"rgb": (3, IMG, IMG), "saliency": (1, IMG, IMG)}
-    enc = make_encoder("frozen", "rgbs", shapes, module=TinyPretrained())
-    assert isinstance(enc, FrozenEncoder) and enc.out_dim == 24  # found by a dummy forward
+    frozen = FrozenEncoder.from_model(build_multimae("tiny", ("rgb", "saliency"), image_size=IMG, patch_size=4))
+    enc = make_encoder("mmae", "rgbs", shapes, module=frozen)
+    assert enc is frozen and enc.out_dim == 64 and enc.obs_keys == ("rgb", "saliency")
+    with pytest.raises(ConfigError, match="reads"):
+        make_encoder("mmae", "rgb", shapes, module=frozen)  # the rgb variant gives no saliency
+    with pytest.raises(ConfigError, match=f"trained on {IMG}x{IMG}"):
+        make_encoder("mmae", "rgbs", {"rgb": (3, 32, 32), "saliency": (1, 32, 32)}, module=frozen)
+    u8 = pixel_obs(2)
+    unit = {k: u8[k].float() / 255.0 for k in ("rgb", "saliency")}
+    torch.testing.assert_close(enc(u8), enc(unit))  # replay's uint8 frames and [0, 1] floats alike
     agent = SACAgent(enc, A, **SMALL)
     assert agent.encoder_target is None
     before = params_of(enc)
@@ -191,12 +191,13 @@ def test_frozen_encoder_never_changes():
     optimized = {id(p) for o in opts for group in o.param_groups for p in group["params"]}
     assert not optimized & {id(p) for p in enc.parameters()}
     agent.train()
-    assert not enc.module.training  # stays in eval: dropout off, the same obs gives the same features
+    assert not enc.training  # stays in eval: dropout off, the same obs gives the same features
     obs = pixel_obs(3)
     f1, f2 = agent.encode(obs), agent.encode(obs)
     assert torch.equal(f1, f2) and not f1.requires_grad
     for step in range(3):
-        agent.update(make_batch(seed=step), opts, step, actor_update_freq=1, target_update_freq=1)
+        every_step = {**SCHEDULE, "actor_update_freq": 1, "target_update_freq": 1}
+        agent.update(make_batch(seed=step), opts, step, **every_step)
     assert all(p.grad is None for p in enc.parameters())
     assert same(before, params_of(enc))
 
@@ -224,7 +225,7 @@ def test_head_structure_at_paper_size():
 
 def test_actor_critic_shapes_and_action_bounds():
     torch.manual_seed(0)
-    actor, critic = Actor(32, A, **SMALL), Critic(32, A, **SMALL)
+    actor, critic = Actor(32, A, **WIDTHS), Critic(32, A, **WIDTHS)
     feat = torch.randn(7, 32) * 100  # large features push tanh towards saturation
     dist = actor(feat)
     for a in (dist.sample(), dist.rsample(), dist.mean, dist.rsample_with_log_prob()[0]):
@@ -237,7 +238,7 @@ def test_actor_critic_shapes_and_action_bounds():
 
 def test_log_prob_matches_tanh_gaussian_density():
     torch.manual_seed(1)
-    actor = Actor(12, 3, **SMALL, log_std_bounds=(-2.0, 0.0))
+    actor = Actor(12, 3, **WIDTHS, log_std_bounds=(-2.0, 0.0))
     dist = actor(torch.randn(64, 12))
     action, log_prob = dist.rsample_with_log_prob()
     a = action.detach().double().numpy()
@@ -308,7 +309,8 @@ def test_terminated_stops_bootstrap_truncated_does_not():
 def test_critic_loss_falls_on_fixed_batch():
     torch.manual_seed(0)
     shapes = {"state": (39,)}
-    agent = SACAgent(make_encoder("identity", "", shapes), A, feature_dim=32, hidden_dim=64, num_layers=2)
+    heads = {**SMALL, "feature_dim": 32, "hidden_dim": 64, "num_layers": 2}
+    agent = SACAgent(make_encoder("identity", "", shapes), A, **heads)
     opt = torch.optim.Adam(agent.critic.parameters(), lr=1e-3)
     batch = make_batch(batch=32)
     losses = []
@@ -403,12 +405,12 @@ def test_every_trainable_parameter_gets_a_gradient():
 
 def test_update_schedule_and_metrics():
     agent = cnn_agent()
-    opts = make_optimizers(agent)
+    opts = make_optimizers(agent, PAPER.lr)
     actor0, target0 = params_of(agent.actor), {k: v.clone() for k, v in agent.critic_target.state_dict().items()}
-    m1 = agent.update(make_batch(), opts, step=1)
+    m1 = agent.update(make_batch(), opts, step=1, **SCHEDULE)
     assert "losses/actor_loss" not in m1 and same(actor0, params_of(agent.actor))
     assert all(torch.equal(v, agent.critic_target.state_dict()[k]) for k, v in target0.items())
-    m2 = agent.update(make_batch(seed=1), opts, step=2)
+    m2 = agent.update(make_batch(seed=1), opts, step=2, **SCHEDULE)
     for key in ("losses/qf_loss", "losses/qf1_values", "losses/actor_loss", "losses/alpha_loss", "charts/alpha"):
         assert key in m2 and torch.isfinite(m2[key]) and not m2[key].requires_grad
     assert not same(actor0, params_of(agent.actor))
@@ -417,7 +419,7 @@ def test_update_schedule_and_metrics():
 
 def test_bf16_autocast_update_keeps_fp32_losses():
     agent = cnn_agent()
-    opts = make_optimizers(agent)
+    opts = make_optimizers(agent, PAPER.lr)
     batch = make_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feat = agent.encode(batch.obs)
@@ -429,7 +431,7 @@ def test_bf16_autocast_update_keeps_fp32_losses():
     # Heads ran in bf16 but hand fp32 values to the loss math (no bf16 rounding of Q or log-std).
     assert q1.dtype == q2.dtype == dist.loc.dtype == dist.scale.dtype == torch.float32
     assert qf_loss.dtype == actor_loss.dtype == alpha_loss.dtype == torch.float32
-    metrics = agent.update(batch, opts, step=0, autocast_dtype=torch.bfloat16)
+    metrics = agent.update(batch, opts, step=0, **SCHEDULE, autocast_dtype=torch.bfloat16)
     assert all(torch.isfinite(v) for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in agent.parameters())
 
@@ -440,8 +442,8 @@ def test_update_without_dtype_inherits_the_callers_autocast():
     seen = []
     agent.encoder.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        agent.update(make_batch(), make_optimizers(agent), step=0)
-    agent.update(make_batch(), make_optimizers(agent), step=0)
+        agent.update(make_batch(), make_optimizers(agent, PAPER.lr), step=0, **SCHEDULE)
+    agent.update(make_batch(), make_optimizers(agent, PAPER.lr), step=0, **SCHEDULE)
     assert seen[0] == torch.bfloat16 and seen[-1] == torch.float32
 
 
@@ -455,7 +457,7 @@ def test_encoder_only_autocast_keeps_heads_fp32():
     assert conv_out[-1] == torch.bfloat16 and feat.dtype == torch.float32
     q1, _ = agent.critic(feat, batch.action)
     assert trunk_out[-1] == torch.float32 and q1.dtype == torch.float32
-    metrics = agent.update(batch, make_optimizers(agent), step=0)
+    metrics = agent.update(batch, make_optimizers(agent, PAPER.lr), step=0, **SCHEDULE)
     assert all(torch.isfinite(v) for v in metrics.values())
     assert agent.encoder_target is not None and conv_out.count(torch.bfloat16) >= 3  # obs, next obs (online, target)
     # close to the fp32 features: bf16 keeps ~3 significant digits
@@ -467,10 +469,10 @@ def test_encoder_only_autocast_keeps_heads_fp32():
 def test_same_seed_same_actions_and_losses():
     def run(seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         agent = cnn_agent(seed)
-        opts = make_optimizers(agent)
+        opts = make_optimizers(agent, PAPER.lr)
         torch.manual_seed(seed)
         actions = agent.act(pixel_obs(4))
-        metrics = agent.update(make_batch(), opts, step=0)
+        metrics = agent.update(make_batch(), opts, step=0, **SCHEDULE)
         return actions, metrics
 
     (a1, m1), (a2, m2), (a3, _) = run(0), run(0), run(1)
@@ -510,3 +512,18 @@ def test_oracle_saliency_blobs():
     assert torch.equal(called, maps)
     with pytest.raises(ValueError, match="batch"):
         OracleSaliency(lambda states: (kp[:1], vis[:1]))(rgb, None)
+
+
+def test_sac_hyperparameters_have_one_default():
+    """SACConfig holds SAC's defaults; the agent, its update and its optimizers take every number from it."""
+    import inspect
+
+    def defaults(fn) -> set[str]:
+        return {n for n, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+    assert defaults(SACAgent.__init__) == {"target_entropy", "encoder_dtype"}  # not config fields
+    assert defaults(SACAgent.update) == {"autocast_dtype", "backward"}
+    assert "lr" not in defaults(make_optimizers) and "tau" not in defaults(SACAgent.soft_update_target)
+    agent = SACAgent(IdentityEncoder(39), A, **PAPER.agent_kwargs())
+    assert agent.discount == PAPER.discount and agent.alpha.item() == pytest.approx(PAPER.init_temperature)
+    assert agent.actor.trunk[0].out_features == PAPER.feature_dim

@@ -114,10 +114,11 @@ def test_color_jitter_changes_frames_not_maps() -> None:
     assert torch.equal(plain["rgb"], torch.from_numpy(frames[0]).permute(2, 0, 1))
 
 
-def test_training_loss_falls_and_heldout_error_drops(wide_annotations) -> None:
-    """20 epochs on 16 frames: the epoch loss falls well below the loss of the best constant prediction (the maps'
-    mean: the sides start near it, so only localising the blobs gets below it), and the held-out max-F rises and
-    MAE falls against the untrained net."""
+@pytest.mark.parametrize("loss", ["weighted_mse", "bce"])
+def test_training_loss_falls_and_heldout_error_drops(wide_annotations, loss: str) -> None:
+    """20 epochs on 16 frames: the epoch loss falls well below the loss of a constant prediction (the maps' mean:
+    the sides start near it, so only localising the blobs gets below it), and the held-out loss falls and max-F
+    rises against the untrained net (and, with BCE, the held-out MAE falls)."""
     import lightning.pytorch as pl
 
     from visarl.saliency.module import SaliencyModule
@@ -129,8 +130,8 @@ def test_training_loss_falls_and_heldout_error_drops(wide_annotations) -> None:
     maps = dm.train_set.maps  # [16, 1, 64, 64]
     net = PiCANet(64, width_mult=1 / 16)  # the authors' decoder: sides at strides 8, 4, 2, 1
     constant = [torch.full((len(maps), 1, 64 // d, 64 // d), maps.mean().item()) for d in side_strides("authors")]
-    constant_loss = deep_supervision_loss(constant, maps).item()
-    module = SaliencyModule(net, lr=3e-3)
+    constant_loss = deep_supervision_loss(constant, maps, kind=loss).item()
+    module = SaliencyModule(net, lr=3e-3, loss=loss)
     losses: list[float] = []
 
     class Record(pl.Callback):
@@ -154,7 +155,9 @@ def test_training_loss_falls_and_heldout_error_drops(wide_annotations) -> None:
     assert len(losses) == 20 and np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.85 * constant_loss < losses[0], (losses, constant_loss)
     assert after["val/f_max"] > before["val/f_max"] + 0.05, (before, after)
-    assert after["val/mae"] < before["val/mae"], (before, after)
+    assert after["val/loss"] < before["val/loss"], (before, after)
+    if loss == "bce":  # WeightedMSE weighs salient pixels up to 20x, trading background MAE for recall
+        assert after["val/mae"] < before["val/mae"], (before, after)
 
 
 def _scalars(run_dir: Path) -> tuple[dict[str, list[float]], set[str]]:

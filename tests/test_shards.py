@@ -31,6 +31,7 @@ from visarl.data.shards import (
     ShardWriter,
     dataset_info,
     list_shards,
+    parse_shard_name,
     summarize,
     write_field,
 )
@@ -450,3 +451,12 @@ def test_copied_directory_reads_the_same(tmp_path: Path):
     truth = simple_dataset(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     check_against_truth(tmp_path / "b", truth)
+
+
+def test_parse_shard_name_reads_what_the_writer_names(tmp_path: Path):
+    path = _good_shard(tmp_path)
+    parsed = parse_shard_name(path.name)
+    assert parsed is not None and (parsed.prefix, parsed.writer, parsed.index) == ("shard", 0, 0)
+    assert parse_shard_name("run-a-w12-001234.h5") == ("run-a", 12, 1234)
+    for name in ("shard-w0-12.h5", "shard-0-000001.h5", ".shard-w0-000001.h5.tmp", "notes.txt"):
+        assert parse_shard_name(name) is None

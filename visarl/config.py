@@ -4,21 +4,27 @@ Every stage's config is a dataclass deriving from :class:`RunConfig`. YAML files
 defaults. Validation happens in two passes so that errors name what is wrong:
 
 1. :func:`check_keys` walks the raw YAML/override tree against the schema: unknown keys are
-   reported with the nearest valid key, and values are checked against the field's type.
+   reported with the nearest valid key, and values are checked against the field's type; every such problem of
+   the file and the overrides is reported in one ConfigError.
 2. ``OmegaConf.to_object`` builds the dataclass, which runs each ``__post_init__`` for
    value checks (choices, ranges).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 T = TypeVar("T")
@@ -26,6 +32,22 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message says which and why."""
+
+    @property
+    def problems(self) -> list[str]:
+        """The separate problems this error reports (one, or each of a :func:`combined` error's)."""
+        return list(getattr(self, "_problems", [str(self)]))
+
+
+def combined(errors: list[ConfigError]) -> ConfigError:
+    """One ConfigError reporting every problem of ``errors`` (itself when there is one), so a config with several
+    mistakes is fixed in one round, not one run per mistake."""
+    problems = [p for e in errors for p in e.problems]
+    if len(problems) == 1:
+        return errors[0]
+    error = ConfigError(f"{len(problems)} config errors:\n  " + "\n  ".join(problems))
+    error._problems = problems
+    return error
 
 
 def choice(name: str, value: Any, options: typing.Iterable[Any]) -> None:
@@ -163,16 +185,30 @@ def _check_value(path: str, value: Any, tp: Any) -> None:
 
 
 def check_keys(raw: dict, schema: type, prefix: str = "") -> None:
-    """Check a raw config tree against a dataclass schema (unknown keys, value types)."""
+    """Check a raw config tree against a dataclass schema (unknown keys, value types); every problem of the tree is
+    reported in one ConfigError."""
+    errors = key_errors(raw, schema, prefix)
+    if errors:
+        raise combined(errors)
+
+
+def key_errors(raw: dict, schema: type, prefix: str = "") -> list[ConfigError]:
+    """The unknown keys and mistyped values of a raw config tree, one error per key."""
     hints = typing.get_type_hints(schema)
     names = [f.name for f in dataclasses.fields(schema)]
+    errors = []
     for key, value in raw.items():
         path = f"{prefix}{key}"
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{path}'{hint}")
-        _check_value(path, value, hints[key])
+            errors.append(ConfigError(f"unknown config key '{path}'{hint}"))
+            continue
+        try:
+            _check_value(path, value, hints[key])
+        except ConfigError as e:
+            errors.append(e)
+    return errors
 
 
 def _to_plain(node: Any) -> Any:
@@ -210,9 +246,11 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 def build(schema: type[T], *layers: dict) -> T:
     """Merge raw dict layers (file, then overrides) over the schema's defaults and validate."""
+    errors = [e for raw in layers for e in key_errors(raw, schema)]  # the file's and the overrides', together
+    if errors:
+        raise combined(errors)
     merged = OmegaConf.structured(schema)
     for raw in layers:
-        check_keys(raw, schema)
         try:
             merged = OmegaConf.merge(merged, raw)
         except Exception as e:  # OmegaConf's ValidationError, with its full key
@@ -229,3 +267,80 @@ def build(schema: type[T], *layers: dict) -> T:
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML, as written to a run's ``config.yaml``."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# --------------------------------------------------------------------------------------------------
+# help: the schema as a reader sees it
+
+
+def field_docs(schema: type) -> dict[str, str]:
+    """Each field's docstring: the string literal right under the field in its class body.
+
+    Inherited fields keep their base class's docstring unless the subclass gives the field a new one. A class whose
+    source cannot be read (defined in a REPL) contributes none.
+    """
+    docs: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _shown(value: Any) -> str:
+    """A value as YAML would read it back, on one line (``???``: no default, the config must give it)."""
+    if value == "???":
+        return "??? (required)"
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    return text.removesuffix("...").strip()  # a scalar document ends with '...'
+
+
+def _short_type(tp: Any) -> str:
+    """``list[visarl.pipeline.PipelineStep]`` -> ``list[PipelineStep]``."""
+    return re.sub(r"(?:\w+\.)+(\w+)", r"\1", _type_name(tp))
+
+
+def _describe(schema: type, current: Any, defaults: dict, indent: str, lines: list[str]) -> None:
+    hints = typing.get_type_hints(schema)
+    docs = field_docs(schema)
+    for f in dataclasses.fields(schema):
+        value, default = getattr(current, f.name), defaults.get(f.name)
+        doc = docs.get(f.name, "")
+        if dataclasses.is_dataclass(value):  # a section: its fields, indented under its name
+            lines.append(f"{indent}{f.name}: {type(value).__name__}")
+            lines.extend(f"{indent}    {line}" for line in doc.splitlines())
+            _describe(type(value), value, default if isinstance(default, dict) else {}, indent + "  ", lines)
+            continue
+        shown = f"{_shown(_plain_value(value))}  (default: {_shown(default)})"
+        lines.append(f"{indent}{f.name}: {_short_type(hints[f.name])} = {shown}")
+        lines.extend(f"{indent}    {line}" for line in doc.splitlines())
+
+
+def _plain_value(value: Any) -> Any:
+    return OmegaConf.to_container(OmegaConf.create({"v": value}))["v"]
+
+
+def describe_config(cfg: Any, source: str = "") -> str:
+    """Every field of ``cfg``'s schema with its type, current value, default and docstring; sections are indented
+    under their name (cleanrl's tyro ``--help``, for YAML configs)."""
+    schema = type(cfg)
+    summary = (schema.__doc__ or "").strip().splitlines()
+    head = f"{schema.__name__}" + (f" ({summary[0].replace('``', '')})" if summary else "")
+    after = f" after {source} and the overrides" if source else ""
+    lines = [head, f"name: type = current value{after}  (default: the schema's value)", ""]
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+    _describe(schema, cfg, defaults, "", lines)
+    return "\n".join(lines)

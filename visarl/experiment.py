@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visarl.config import ConfigError, RunConfig
+from visarl.core.log import get_logger
 from visarl.registry import RunContext, register_stage
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -125,10 +128,10 @@ def run_experiment(cfg: ExperimentConfig, ctx: RunContext) -> dict:
         c.command(cfg.overrides, cfg.params)
     todo = [c for c in cells(cfg) if not c.finished()]
     total = len(cells(cfg))
-    print(f"experiment: {total - len(todo)}/{total} cells finished, {len(todo)} to run")
+    log.info(f"experiment: {total - len(todo)}/{total} cells finished, {len(todo)} to run")
     if cfg.print_only:
         for c in todo:
-            print(shlex.join(c.command(cfg.overrides, cfg.params)))
+            log.info(shlex.join(c.command(cfg.overrides, cfg.params)))
         return {"todo": len(todo), "total": total}
     running: list[tuple[Cell, subprocess.Popen]] = []
     failed: list[str] = []
@@ -138,19 +141,19 @@ def run_experiment(cfg: ExperimentConfig, ctx: RunContext) -> dict:
     while queue or running:
         while queue and len(running) < cfg.parallel:
             c = queue.pop(0)
-            log = open(log_dir / f"{c.run_dir.parent.name}-{c.run_dir.name}.log", "ab")
+            log_file = open(log_dir / f"{c.run_dir.parent.name}-{c.run_dir.name}.log", "ab")
             running.append(
-                (c, subprocess.Popen(c.command(cfg.overrides, cfg.params), stdout=log, stderr=subprocess.STDOUT))
+                (c, subprocess.Popen(c.command(cfg.overrides, cfg.params), stdout=log_file, stderr=subprocess.STDOUT))
             )
-            print(f"experiment: started {c.run_dir}")
+            log.info(f"experiment: started {c.run_dir}")
         for c, proc in list(running):
             if proc.poll() is not None:
                 running.remove((c, proc))
                 status = "done" if proc.returncode == 0 and c.finished() else f"FAILED (exit {proc.returncode})"
                 if status != "done":
                     failed.append(str(c.run_dir))
-                print(f"experiment: {status}: {c.run_dir}")
+                log.info(f"experiment: {status}: {c.run_dir}")
         time.sleep(0.5)
     if failed:
-        print(f"experiment: {len(failed)} cells failed; their logs are in {log_dir}; rerun to retry them")
+        log.info(f"experiment: {len(failed)} cells failed; their logs are in {log_dir}; rerun to retry them")
     return {"todo": len(todo), "total": total, "failed": failed}

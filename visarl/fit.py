@@ -2,6 +2,7 @@
 
     python -m visarl.fit --config conf/<stage>/<name>.yaml [dotted.key=value ...]
     python -m visarl.fit --resume runs/<name>/<run> [dotted.key=value ...]
+    python -m visarl.fit --config conf/<stage>/<name>.yaml [dotted.key=value ...] --help
 
 Reads the config, validates it against the stage's schema, creates (or reopens) the run
 directory with the resolved ``config.yaml``, seeds everything, and calls the stage's runner.
@@ -21,8 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from visarl.config import ConfigError, RunConfig, build, check_trainer_use, load_yaml, parse_overrides, to_yaml
+from visarl.config import (
+    ConfigError,
+    RunConfig,
+    build,
+    check_trainer_use,
+    describe_config,
+    load_yaml,
+    parse_overrides,
+    to_yaml,
+)
 from visarl.core.io import atomic_write_text
+from visarl.core.log import configure_console
 from visarl.launch import external_rank, wait_for_run
 from visarl.registry import RunContext, describe_stages, get_stage, known_stages
 
@@ -91,6 +102,7 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
     rank 0 creates the run directory, the others wait for it and share it.
     """
     started = time.time()
+    configure_console()  # the stages' progress lines (rank zero's only), as plain lines on stdout
     rank = external_rank()
     cfg, run_dir, resuming = resolve(config, resume, list(overrides or []), named_run=rank is not None)
     writer = rank in (None, 0)  # rank 0 writes config.yaml; other ranks of an outside launch only read the run
@@ -118,14 +130,35 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
         raise
 
 
+def config_help(config: str | None, resume: str | None, overrides: list[str]) -> str:
+    """Every field of the stage's config as the run would see it (file, saved config, overrides); writes nothing."""
+    cfg, _, _ = resolve(config, resume, overrides)
+    source = config if config is not None else f"{resume}/config.yaml"
+    return describe_config(cfg, source)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m visarl.fit", description=__doc__.split("\n\n")[0])
+    # --help is ours: with --config it describes that config's fields; without, it is argparse's usage
+    parser = argparse.ArgumentParser(prog="python -m visarl.fit", description=__doc__.split("\n\n")[0], add_help=False)
+    parser.add_argument(
+        "-h",
+        "--help",
+        action="store_true",
+        help="show this message; with --config (or --resume): every config field of its stage with its type, "
+        "current value, default and docstring, and exit",
+    )
     parser.add_argument("--config", help="YAML config file (conf/<stage>/<name>.yaml)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run stored in RUN_DIR")
     parser.add_argument("--list-stages", action="store_true", help="print the known stages and exit")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     args = parser.parse_args(argv)
     try:
+        if args.help:
+            if args.config is None and args.resume is None:
+                parser.print_help()
+            else:
+                print(config_help(args.config, args.resume, args.overrides))
+            return 0
         if args.list_stages:
             stages = describe_stages()
             width = max(len(name) for name, _ in stages)

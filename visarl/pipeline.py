@@ -9,7 +9,10 @@ Each step names a stage config and overrides for it. Overrides may use placehold
 
 Every step runs as its own run under ``<pipeline run dir>/<step name>/run`` through :func:`visarl.fit.run`,
 so it gets its config.yaml, logs and checkpoints like any other run. ``pipeline_state.json`` records finished
-steps: a rerun (``--resume``) skips them and resumes the step that was interrupted from its own run directory.
+steps: a rerun (``--resume``) skips them and resumes the step that was interrupted from its own run directory, with
+the pipeline's overrides for that step applied again over its saved config. The resumed step is validated again
+like a new one (its schema, then its stage's input check), so a value fixed in the pipeline's ``config.yaml`` (or
+with ``--resume <step run dir> key=value``) reaches it, and a bad one stops the pipeline with a one-line error.
 
 Before the first step runs, every step's config is built with its filled-in overrides and validated against its
 stage's schema (nothing is written), so a typo in the last step fails in a second, not after an hour of the
@@ -26,7 +29,12 @@ from pathlib import Path
 
 from visarl.config import ConfigError, RunConfig
 from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
+from visarl.fit import resolve
+from visarl.fit import run as fit_run
 from visarl.registry import RunContext, register_stage
+
+log = get_logger(__name__)
 
 _PLACEHOLDER = re.compile(r"\{(data|task|run_dir|step:[A-Za-z0-9_\-]+)\}")
 
@@ -99,29 +107,43 @@ def placement(cfg: PipelineConfig, run_dir: Path, name: str) -> list[str]:
     return [f"output_dir={run_dir}", f"name={name}", "run=run", f"seed={cfg.seed}"]
 
 
+@dataclass
+class StepRun:
+    """How :func:`visarl.fit.run` starts one step: a new run of its config, or the resume of its interrupted run."""
+
+    config: str | None
+    resume: str | None
+    overrides: list[str]
+
+
+def step_run(cfg: PipelineConfig, run_dir: Path, step: PipelineStep, overrides: list[str]) -> StepRun:
+    """A step whose run directory holds a config resumes it, with the step's ``overrides`` applied again (a saved
+    config alone would keep a value the pipeline has since fixed); any other starts at ``<run_dir>/<name>/run``."""
+    step_dir = run_dir / step.name / "run"
+    if (step_dir / "config.yaml").exists():
+        return StepRun(None, str(step_dir), overrides)
+    return StepRun(step.config, None, overrides + placement(cfg, run_dir, step.name))
+
+
 def check_steps(cfg: PipelineConfig, run_dir: Path) -> dict[str, list[str]]:
-    """Validate every step's config with its overrides (no files written); errors name the step.
-
-    Returns :func:`step_overrides`.
+    """Validate every step's config with its overrides, as the step will run (no files written); errors name the
+    step. Returns :func:`step_overrides`.
     """
-    from visarl.fit import resolve  # visarl.fit imports the registry, which imports this module
-
     for step in cfg.steps:
         if not Path(step.config).is_file():
             raise ConfigError(f"steps.{step.name}.config: file not found: {step.config}")
     overrides = step_overrides(cfg, run_dir)
     for step in cfg.steps:
+        how = step_run(cfg, run_dir, step, overrides[step.name])
         try:
-            resolve(step.config, None, overrides[step.name] + placement(cfg, run_dir, step.name))
+            resolve(how.config, how.resume, how.overrides)
         except ConfigError as e:
-            raise ConfigError(f"steps.{step.name} ({step.config}): {e}") from None
+            raise ConfigError(f"steps.{step.name} ({how.resume or step.config}): {e}") from None
     return overrides
 
 
 @register_stage("pipeline", PipelineConfig)
 def run_pipeline(cfg: PipelineConfig, ctx: RunContext) -> dict:
-    from visarl.fit import run as fit_run  # visarl.fit imports the registry, which imports this module
-
     overrides = check_steps(cfg, ctx.run_dir)
     state_path = ctx.run_dir / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": {}}
@@ -129,14 +151,15 @@ def run_pipeline(cfg: PipelineConfig, ctx: RunContext) -> dict:
     for step in cfg.steps:
         step_dir = ctx.run_dir / step.name / "run"
         if step.name in state["done"]:
-            print(f"pipeline: {step.name} already done ({step_dir}), skipping")
+            log.info(f"pipeline: {step.name} already done ({step_dir}), skipping")
             continue
         t0 = time.perf_counter()
-        print(f"pipeline: {step.name}: {step.config} {' '.join(overrides[step.name])}")
-        if (step_dir / "config.yaml").exists():  # interrupted before: continue that run
-            outputs[step.name] = fit_run(resume=str(step_dir), overrides=[])
-        else:  # the step's run dir is inside the pipeline's
-            outputs[step.name] = fit_run(step.config, overrides[step.name] + placement(cfg, ctx.run_dir, step.name))
+        log.info(f"pipeline: {step.name}: {step.config} {' '.join(overrides[step.name])}")
+        how = step_run(cfg, ctx.run_dir, step, overrides[step.name])  # the step's run dir is inside the pipeline's
+        try:
+            outputs[step.name] = fit_run(how.config, how.overrides, how.resume)
+        except ConfigError as e:  # e.g. the stage's input check: name the step whose config holds the value
+            raise ConfigError(f"steps.{step.name} ({how.resume or step.config}): {e}") from None
         state["done"][step.name] = {"run_dir": str(step_dir), "seconds": round(time.perf_counter() - t0, 1)}
         _save_state(state_path, state)
     return {"steps": state["done"], "outputs": outputs}

@@ -15,7 +15,7 @@ from typing import Any
 from visarl.config import ConfigError, RunConfig
 
 STAGE_MODULES: tuple[str, ...] = (
-    "visarl.data.collect",
+    "visarl.collect",
     "visarl.annotate.stage",
     "visarl.saliency.stage",
     "visarl.mae.stage",

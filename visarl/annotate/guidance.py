@@ -57,7 +57,7 @@ def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
 def task_guidance(task: str, text: str = "", parts: Sequence[str] = ()) -> Guidance:
     """The guidance of ``task`` (short or full name), with ``text`` / ``parts`` replacing the default's when given."""
     try:
-        from visarl.envs import resolve_task
+        from visarl.envs import resolve_task  # lazy: importing visarl.envs loads MuJoCo and picks its GL backend
 
         full = resolve_task(task)
     except (ValueError, ImportError):

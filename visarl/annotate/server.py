@@ -36,7 +36,6 @@ import base64
 import io
 import ipaddress
 import json
-import logging
 import os
 import re
 import sys
@@ -56,9 +55,10 @@ from visarl.annotate.guidance import PARTS
 from visarl.annotate.maps import frame_sigma
 from visarl.annotate.select import FrameContext
 from visarl.annotate.store import AnnotationStore, StoreClosed
+from visarl.core.log import get_logger
 from visarl.core.maps import COMBINE, REFERENCE_SIZE, SIGMA
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_BODY = 16 * 1024
 """Largest accepted POST body in bytes; the biggest valid one is under 200."""
@@ -575,10 +575,9 @@ def serve(
     )
     app.start()
     counts = app.store.counts()
-    print(
+    log.info(
         f"annotate: open {app.url} in a browser ({sum(c > 0 for c in counts)}/{len(counts)} frames annotated); "
         "Ctrl-C stops, nothing is lost",
-        flush=True,
     )
     try:
         if ready is not None:
@@ -590,7 +589,7 @@ def serve(
             if not stop_when_done:
                 app.done_event.clear()
     except KeyboardInterrupt:
-        print("annotate: interrupted; the clicks so far are saved", flush=True)
+        log.info("annotate: interrupted; the clicks so far are saved")
     finally:
         app.shutdown()
     return app.store.export(app.export_path)  # again: changes after an earlier Done are included

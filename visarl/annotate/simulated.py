@@ -188,6 +188,7 @@ def from_config(cfg: SimulatedConfig, jitter: float, parts: Sequence[str] = PART
 @functools.lru_cache(maxsize=8)
 def task_camera(task: str, camera: str, height: int, width: int) -> tuple[object, int]:
     """``(CameraModel, n_objects)`` of a task's world-fixed camera at a frame size (builds the env once)."""
+    # lazy: importing visarl.envs loads MuJoCo and picks its GL backend
     from visarl.envs import STATE_DIM, MetaWorldPixelEnv
 
     env = MetaWorldPixelEnv(task, image_size=(height, width), camera=camera)
@@ -203,6 +204,7 @@ def project_keypoints(
 ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """Keypoints of stored frames from their states ``[B, 39]``: ``(xy [B, K, 2], visible [B, K], kinds [K],
     hands [B, 2])``, where ``hands`` is the hand body's pixel (NaN when out of the frame)."""
+    # lazy: importing visarl.envs loads MuJoCo and picks its GL backend
     from visarl.envs import keypoint_names, keypoints_from_states
 
     cam, n_objects = task_camera(task, camera, height, width)

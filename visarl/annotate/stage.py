@@ -48,15 +48,21 @@ from visarl.annotate.select import (
     pixel_scale,
     select_indices,
 )
+from visarl.annotate.server import serve
 from visarl.annotate.simulated import SimulatedConfig, frame_rng, from_config, project_keypoints
 from visarl.annotate.store import AnnotationStore, load_annotations
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
 from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
 from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, frame_sigma
+from visarl.data.shards import default_data_dir
 from visarl.registry import RunContext, register_stage
 
+log = get_logger(__name__)
+
 COVERAGE_MAX_FRAMES = 50_000
-"""With selection=random, coverage is measured (all frames read and downsampled, ~0.15 ms each) up to this size."""
+"""With selection=random, coverage is reported only up to this many frames: it reads and downsamples every frame,
+a cost that grows with the dataset and buys nothing but the number."""
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -141,7 +147,7 @@ class AnnotateConfig(RunConfig):
 
 
 def _same_task(a: str, b: str) -> bool:
-    from visarl.envs import resolve_task
+    from visarl.envs import resolve_task  # lazy: importing visarl.envs loads MuJoCo and picks its GL backend
 
     try:
         return resolve_task(a) == resolve_task(b)
@@ -151,7 +157,7 @@ def _same_task(a: str, b: str) -> bool:
 
 def resolve_paths(cfg: AnnotateConfig) -> tuple[Path, Path, Path, str]:
     """``(data_dir, store, export, annotator_id)`` with the defaults filled in."""
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else Path("data") / cfg.task / "replay"
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
     who = cfg.annotator_id or cfg.annotator
     home = data_dir.parent
     store = Path(cfg.store) if cfg.store else home / "annotations" / f"{who}.jsonl"
@@ -189,11 +195,10 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
     refs = pool.refs(idx)
     frames = pool.read("rgb", idx)  # [N, H, W, 3] uint8
     guide = task_guidance(task, cfg.guidance, cfg.parts)
-    print(
+    log.info(
         f"annotate: {cfg.num_frames} of {len(pool)} frames of {task or '?'} from {data_dir}, selection={cfg.selection} "
         f"seed={cfg.seed} (coverage: mean {cover.mean:.4f}, max {cover.max:.4f} RMS at {cfg.feature_size}px; "
         f"{time.perf_counter() - t0:.1f}s)",
-        flush=True,
     )
 
     export_attrs: dict[str, Any] = {
@@ -217,7 +222,7 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
         guidance=guide.text,
         parts=guide.parts,
     )
-    print(f"annotate: guidance: {guide.text} (parts: {', '.join(guide.parts)})", flush=True)
+    log.info(f"annotate: guidance: {guide.text} (parts: {', '.join(guide.parts)})")
     if cfg.annotator == "simulated":
         export_attrs["simulated"] = json.dumps(asdict(cfg.simulated))
         states = pool.read("state", idx)  # [N, 39]
@@ -247,11 +252,10 @@ def run_annotate(cfg: AnnotateConfig, ctx: RunContext) -> dict:
         "coverage_mean": None if np.isnan(cover.mean) else cover.mean,
         "coverage_max": None if np.isnan(cover.max) else cover.max,
     }
-    (ctx.run_dir / "annotate.json").write_text(json.dumps(summary, indent=2))
-    print(
+    atomic_write_json(ctx.run_dir / "annotate.json", summary)
+    log.info(
         f"annotate: {summary['frames_annotated']}/{cfg.num_frames} frames annotated, {summary['clicks']} clicks; "
         f"export {export_path}",
-        flush=True,
     )
     return summary
 
@@ -290,7 +294,7 @@ def _simulate(
             )
             done = store.clicks(i)
             if len(done) > len(planned) or not np.allclose(done, planned[: len(done)]):
-                print(f"annotate: frame {i} already holds other clicks in {store_path}; kept as they are", flush=True)
+                log.info(f"annotate: frame {i} already holds other clicks in {store_path}; kept as they are")
                 continue
             for (x, y), label in zip(planned[len(done) :], labels[len(done) :], strict=True):
                 store.click(i, float(x), float(y), label=label)
@@ -309,15 +313,13 @@ def _serve(
     export_attrs: dict,
 ) -> None:
     """Serve the page until Done or Ctrl-C; the run directory's server.json says where while it runs."""
-    from visarl.annotate.server import serve
-
     info = ctx.run_dir / "server.json"
 
     def ready(app: Any) -> None:
-        print(f"\n    annotate: open {app.url}\n", flush=True)
+        log.info(f"\n    annotate: open {app.url}\n")
         atomic_write_json(info, {"url": app.url, "host": app.host, "port": app.port}, indent=None)
 
-    print(f"annotate: clicks are saved to {store_path} as they happen; Done exports {export_path}", flush=True)
+    log.info(f"annotate: clicks are saved to {store_path} as they happen; Done exports {export_path}")
     try:
         serve(
             frames,

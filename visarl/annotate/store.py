@@ -70,7 +70,7 @@ import h5py
 import numpy as np
 
 from visarl.annotate.guidance import PARTS, check_parts
-from visarl.core.io import fsync_dir
+from visarl.core.io import atomic_write
 from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, clicks_to_map, frame_sigma, maps_from_clicks
 
 JOURNAL_FORMAT = "visarl-annotation-journal"
@@ -229,14 +229,7 @@ class AnnotationStore:
 
     # -- journal -------------------------------------------------------------------------------------
     def _create(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(_encode(self._header))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        atomic_write(self.path, lambda tmp: tmp.write_bytes(_encode(self._header)))
 
     def _replay(self) -> None:
         data = self.path.read_bytes()
@@ -582,9 +575,7 @@ class AnnotationStore:
         who = [",".join(dict.fromkeys(c.annotator for c in cs)) for cs in per_frame]
         text = h5py.string_dtype("utf-8")
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
+        def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
                 f.attrs.update(
                     format=EXPORT_FORMAT,
@@ -613,12 +604,8 @@ class AnnotationStore:
                 f.create_dataset("annotator", data=who, dtype=text)
                 f.create_dataset("first_click", data=first)
                 f.create_dataset("last_click", data=last)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+
+        atomic_write(path, write)
         return path
 
     def close(self) -> None:

@@ -39,15 +39,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], Any], tmp: str | Path | None = None) -> Path:
     """Call ``write(tmp)`` to fill a temporary file, then rename it over ``path``; returns ``path``.
 
     ``write`` gets the temporary's path and must create the file there (``torch.save(obj, tmp)``,
-    ``tmp.write_text(...)``). Parent directories are created.
+    ``tmp.write_text(...)``). Parent directories are created. ``tmp`` names the temporary (hidden, beside
+    ``path``) for a writer that must overwrite what a killed run of itself left there; the default name is
+    unique to the process and thread.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp = Path(tmp) if tmp is not None else path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         write(tmp)
         _fsync_file(tmp)
@@ -72,6 +74,13 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
 def atomic_copy(src: str | Path, dst: str | Path) -> Path:
     """Copy the file ``src`` to ``dst`` atomically (contents only)."""
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def atomic_savefig(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """``fig.savefig(path, **kwargs)`` for a matplotlib figure, atomically; the format comes from ``path``'s suffix
+    (the temporary's name has none)."""
+    fmt = Path(path).suffix.lstrip(".") or None
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -34,11 +34,11 @@ Attributes: ``format``, ``schema_version``, ``writer_id``, the producer's ``task
 Episode ids are ``writer_id << 40 | n``, unique across writers with distinct ``writer_id`` (e.g. DDP ranks)
 and across resumed runs (a writer continues after the ids and shard indices already in its directory).
 
-Crash safety: a shard is written to ``.{name}.tmp`` in the same directory, marked complete, closed, fsynced
-and ``os.replace``-d to ``{prefix}-w{writer_id}-{index:06d}.h5``. Readers list only ``*.h5`` files not
-starting with '.', and reject any file lacking ``complete``; a SIGKILL at any point leaves either no shard
-or a whole one (tested in tests/test_shards.py). The layout follows drqv2's episode files on disk, with
-HDF5 instead of npz so that rows can be read at random without loading a file.
+Crash safety: a shard is written to ``.{name}.tmp`` in the same directory (by :func:`visarl.core.io.atomic_write`),
+marked complete, closed, fsynced and ``os.replace``-d to ``{prefix}-w{writer_id}-{index:06d}.h5``. Readers list
+only ``*.h5`` files not starting with '.', and reject any file lacking ``complete``; a SIGKILL at any point leaves
+either no shard or a whole one (tested in tests/test_shards.py). The layout follows drqv2's episode files on disk,
+with HDF5 instead of npz so that rows can be read at random without loading a file.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
+
+from visarl.core.io import atomic_write
 
 SCHEMA_VERSION = 1
 """Bumped whenever the meaning or layout of a dataset changes; readers reject other versions."""
@@ -68,8 +70,31 @@ EPISODE_ID_BITS = 40
 """Episode ids are ``writer_id << 40 | counter``: writers with distinct ids never collide."""
 DEFAULT_CHUNK_ROWS = 0
 """Rows per HDF5 chunk of image datasets; 0 stores them contiguous and uncompressed, which readers memory-map:
-random rows then cost a numpy gather (~270k frames/s measured for 64x64 frames) against ~45k frames/s for
-the best per-row read of chunks of 1 row and ~1k frames/s for h5py's list indexing of chunked data."""
+random rows then cost a numpy gather, several times faster than the best per-row read of chunks of 1 row and
+two orders of magnitude faster than h5py's list indexing of chunked data (benchmarks/datamodule.py)."""
+
+
+def default_data_dir(task: str) -> Path:
+    """Where a task's shards live unless a config says otherwise: ``data/<task>/replay``."""
+    return Path("data") / task / "replay"
+
+
+SHARD_NAME = re.compile(r"^(?P<prefix>.+)-w(?P<writer>\d+)-(?P<index>\d{6,})\.h5$")
+"""``<prefix>-w<writer id>-<index, 6+ digits>.h5``: the name of a shard a :class:`ShardWriter` wrote."""
+
+
+class ShardName(NamedTuple):
+    """The parts of a shard's file name (:data:`SHARD_NAME`)."""
+
+    prefix: str
+    writer: int
+    index: int
+
+
+def parse_shard_name(name: str) -> ShardName | None:
+    """``"shard-w0-000012.h5"`` -> ``ShardName("shard", 0, 12)``; None for a name no writer gives a shard."""
+    m = SHARD_NAME.match(name)
+    return ShardName(m["prefix"], int(m["writer"]), int(m["index"])) if m else None
 
 
 def producer_attrs(env: Any, config_yaml: str) -> dict[str, Any]:
@@ -90,21 +115,6 @@ class ShardError(ValueError):
 
 # --------------------------------------------------------------------------------------------------
 # writing
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_publish(tmp: Path, final: Path) -> None:
-    """fsync ``tmp``, rename it over ``final``, fsync the directory so the rename itself is durable."""
-    _fsync(tmp)
-    os.replace(tmp, final)
-    _fsync(final.parent)
 
 
 def _check_attr(key: str, value: Any) -> Any:
@@ -136,12 +146,13 @@ def _fill(f: h5py.File, columns: Mapping[str, np.ndarray], attrs: Mapping[str, A
 def _write_shard(
     path: Path, columns: Mapping[str, np.ndarray], attrs: Mapping[str, Any], chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
-        _fill(f, columns, attrs, chunk_rows)
-        f.attrs["complete"] = True  # last: a file without it is never accepted
-    _atomic_publish(tmp, path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            _fill(f, columns, attrs, chunk_rows)
+            f.attrs["complete"] = True  # last: a file without it is never accepted
+
+    return atomic_write(path, write, tmp=path.with_name(f".{path.name}.tmp"))
 
 
 @dataclass
@@ -164,9 +175,6 @@ class _Segment:
 
     def last_obs(self) -> dict[str, np.ndarray]:
         return {k: v[-1] for k, v in self.obs.items()}
-
-
-_SHARD_NAME = re.compile(r"^(?P<prefix>.+)-w(?P<writer>\d+)-(?P<index>\d{6,})\.h5$")
 
 
 class ShardWriter:
@@ -221,10 +229,10 @@ class ShardWriter:
         """Next shard index and episode counter after this writer's shards already in the directory."""
         index, episode = 0, 0
         for path in self.directory.glob(f"{_glob_escape(self.prefix)}-w{self.writer_id}-*.h5"):
-            m = _SHARD_NAME.match(path.name)
-            if not m or m["prefix"] != self.prefix or int(m["writer"]) != self.writer_id:
+            name = parse_shard_name(path.name)
+            if name is None or name.prefix != self.prefix or name.writer != self.writer_id:
                 continue
-            index = max(index, int(m["index"]) + 1)
+            index = max(index, name.index + 1)
             episodes = ShardReader(path).read("episode")
             if len(episodes):
                 episode = max(episode, int(episodes.max()) - (self.writer_id << EPISODE_ID_BITS) + 1)
@@ -593,9 +601,8 @@ class _Guard:
 def read_sorted(dset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     """Read strictly increasing ``rows`` of a chunked or compressed HDF5 dataset, one slice per run of rows.
 
-    h5py's list indexing builds one hyperslab per row and is very slow on chunked data (about 1 ms a row
-    measured on 64x64 frames), while slice reads cost about 20 us: consecutive runs (a row and its next
-    row) are read as one slice.
+    h5py's list indexing builds one hyperslab per row and is very slow on chunked data, while a slice read costs
+    little more than its bytes: consecutive runs (a row and its next row) are read as one slice.
     """
     n = len(rows)
     out = np.empty((n, *dset.shape[1:]), dset.dtype)
@@ -652,18 +659,16 @@ def write_field(path: str | Path, name: str, array: np.ndarray, overwrite: bool 
         raise ValueError(f"{path}: {name!r} has shape {list(array.shape)}, expected {len(reader)} rows")
     if name in reader.fields and not overwrite:
         raise ValueError(f"{path}: already has a {name!r} dataset (pass overwrite=True to replace it)")
-    tmp = path.with_name(f".{path.name}.{name}.tmp")
-    shutil.copyfile(path, tmp)
-    try:
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(path, tmp)
         with h5py.File(tmp, "r+") as f:
             if name in f:
                 del f[name]
             chunks = f["rgb"].chunks  # store labels like the frames
             _add_dataset(f, name, array, chunks[0] if chunks else 0)
-        _atomic_publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write, tmp=path.with_name(f".{path.name}.{name}.tmp"))  # replaces a killed labeller's copy
 
 
 def _add_dataset(f: h5py.File, name: str, array: np.ndarray, chunk_rows: int) -> None:

@@ -1,8 +1,9 @@
 """Fast headless MuJoCo rendering on the CPU, upright frames, and pinhole projection of 3-D points.
 
 Why not gymnasium's render path: it renders with shadows, reflections and 4x multisampling into a
-640x480 offscreen buffer, about 90-180 ms per 64x64 frame on this 2-core CPU (Mesa llvmpipe). A bare
-``mujoco.Renderer`` at the target size with those features off takes about 6-7 ms (DESIGN.md, measured).
+640x480 offscreen buffer and shrinks it, work that a software rasterizer (Mesa llvmpipe, the headless CPU case)
+pays for on every frame. A bare ``mujoco.Renderer`` at the target size with those features off is more than an
+order of magnitude faster (``benchmarks/render.py`` times both).
 
 GL backend: MuJoCo picks its GL backend from ``MUJOCO_GL`` when ``mujoco`` is first imported, so
 :func:`configure_gl` must run before that (``visarl.envs`` calls it on import). It keeps a user-set
@@ -256,7 +257,7 @@ class FrameRenderer:
     """One lean offscreen ``mujoco.Renderer`` for one camera, returning upright frames.
 
     Shadows, reflections, skybox and multisampling are off unless asked for: each costs time on a
-    software rasterizer (shadows alone ~60 ms a frame) and adds little at 64x64.
+    software rasterizer (shadows the most) and adds little at 64x64.
 
     Several of these can share a process: ``mujoco.Renderer`` makes its GL context current on every
     render. (The frame corruption reported with several envs per process comes from gymnasium's

@@ -34,7 +34,9 @@ class FrozenEncoder(nn.Module):
     """Images -> state ``[B, out_dim]``: a frozen :class:`MultiMAEEncoder`, always in eval mode, no gradients.
 
     ``modalities`` (default: all of the encoder's) are the inputs used at RL time; a subset such as ``("rgb",)``
-    gives the "pretrain-only" variant (pretrained on rgb+saliency, rgb alone during RL).
+    gives the "pretrain-only" variant (pretrained on rgb+saliency, rgb alone during RL). It is also an SAC
+    observation encoder (``encoder: mmae`` of :func:`visarl.rl.encoders.make_encoder`): it reads the
+    observation keys :attr:`obs_keys` (its modalities), as uint8 0-255 or as floats in [0, 1].
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class FrozenEncoder(nn.Module):
             raise ValueError("pooling='global' needs an encoder trained with a global token")
         self.encoder = encoder
         self.modalities, self.pooling = modalities, pooling
+        self.obs_keys = modalities
         self.out_dim = encoder.dim
         self.requires_grad_(False)
         self.train(False)
@@ -66,18 +69,28 @@ class FrozenEncoder(nn.Module):
         return super().train(False)
 
     def forward(self, x: Mapping[str, Tensor] | Tensor, saliency: Tensor | None = None) -> Tensor:
-        """``x``: dict of images, or rgb ``[B, 3, H, W]`` (with ``saliency [B, 1, H, W]`` if used) -> ``[B, D]``."""
+        """``x``: dict of images, or rgb ``[B, 3, H, W]`` (with ``saliency [B, 1, H, W]`` if used) -> ``[B, D]``.
+
+        Images are uint8 (0-255, as the replay stores them) or floats in [0, 1]; the output is float32.
+        """
         inputs = dict(x) if isinstance(x, Mapping) else {"rgb": x}
         if saliency is not None:
             inputs["saliency"] = saliency
         missing = [m for m in self.modalities if m not in inputs]
         if missing:
             raise ValueError(f"frozen encoder needs inputs {list(self.modalities)}, missing {missing}")
-        inputs = {m: inputs[m] for m in self.modalities}  # extra inputs (e.g. saliency for an rgb-only variant) unused
+        # extra inputs (e.g. saliency for an rgb-only variant) are unused
+        inputs = {m: _unit(inputs[m]) for m in self.modalities}
         with torch.no_grad():
             tokens = self.encoder(inputs)  # [B, G + M*N, D]
             g = self.encoder.num_global
-            return tokens[:, 0] if self.pooling == "global" else tokens[:, g:].mean(dim=1)
+            state = tokens[:, 0] if self.pooling == "global" else tokens[:, g:].mean(dim=1)
+            return state.float()
+
+
+def _unit(image: Tensor) -> Tensor:
+    """uint8 0-255 -> float in [0, 1]; floating images are taken to be in [0, 1] already and left as they are."""
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image
 
 
 EMBEDDING_PREFIX = "emb_"

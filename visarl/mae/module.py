@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -26,44 +26,27 @@ from visarl.mae.multimae import MultiMAE
 from visarl.mae.optim import adamw, scaled_lr, warmup_cosine_lr
 from visarl.mae.visualize import reconstruction_grid
 
+if TYPE_CHECKING:
+    from visarl.mae.stage import PretrainConfig
+
 
 class MultiMAEModule(pl.LightningModule):
     """Masked multi-modal pretraining of ``model`` with ``loss_fn``; batches are dicts of uint8 ``[B, C, H, W]``.
 
+    ``cfg`` is the pretrain config, read as is: ``batch_size``, ``num_visible``, ``alpha``, ``seed``, the image
+    logging fields, ``optim`` and ``model.compile`` (the network itself is built from ``cfg.model`` by the caller).
     ``batch_size`` is per device: the peak learning rate is ``base_lr * batch_size * world_size / lr_reference_batch``
     (``lr_reference_batch=None``: divided by ``batch_size``, the authors' fork).
     ``log_images_every_n_epochs = 0`` turns the reconstruction grids off.
     """
 
     def __init__(
-        self,
-        model: MultiMAE,
-        loss_fn: ReconstructionLoss,
-        batch_size: int,
-        num_visible: int = 32,
-        alpha: float = 1.0,
-        augment: PairedAugment | None = None,
-        base_lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_lr: float = 1e-6,
-        min_lr: float = 0.0,
-        warmup_epochs: float = 40,
-        seed: int = 0,
-        log_images_every_n_epochs: int = 10,
-        num_log_images: int = 4,
-        compile: bool = False,
-        lr_reference_batch: int | None = 256,
+        self, model: MultiMAE, loss_fn: ReconstructionLoss, cfg: PretrainConfig, augment: PairedAugment | None = None
     ) -> None:
         super().__init__()
-        self.model, self.loss_fn = model, loss_fn
-        self.batch_size, self.num_visible, self.alpha, self.augment = batch_size, num_visible, alpha, augment
-        self.lr_reference_batch = lr_reference_batch
-        self.base_lr, self.weight_decay, self.betas = base_lr, weight_decay, tuple(betas)
-        self.warmup_lr, self.min_lr, self.warmup_epochs = warmup_lr, min_lr, warmup_epochs
-        self.seed = seed
-        self.log_images_every_n_epochs, self.num_log_images = log_images_every_n_epochs, num_log_images
-        self.compile_model = compile
+        self.model, self.loss_fn, self.augment = model, loss_fn, augment
+        self.cfg = cfg
+        self.num_visible, self.alpha, self.seed = cfg.num_visible, cfg.alpha, cfg.seed
         self.schedule: dict[str, float] = {}
         """peak_lr, total_steps, warmup_steps, steps_per_epoch: filled by :meth:`configure_optimizers`."""
         self._rng: torch.Generator | None = None
@@ -75,7 +58,7 @@ class MultiMAEModule(pl.LightningModule):
     # -- setup ----------------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        if self.compile_model and not getattr(self, "_compiled", False):
+        if self.cfg.model.compile and not getattr(self, "_compiled", False):
             # the encoder and decoders only: masking has data-dependent loops that would break the graph
             self.model.encoder.compile()
             for dec in self.model.decoders.values():
@@ -104,13 +87,14 @@ class MultiMAEModule(pl.LightningModule):
             trainer.fit_loop.setup_data()
         batches = trainer.num_training_batches
         per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else total
-        peak = scaled_lr(self.base_lr, self.batch_size * trainer.world_size, self.lr_reference_batch, self.batch_size)
-        warmup = min(round(self.warmup_epochs * per_epoch), total)
+        o, batch = self.cfg.optim, self.cfg.batch_size
+        peak = scaled_lr(o.base_lr, batch * trainer.world_size, o.lr_reference_batch, batch)
+        warmup = min(round(o.warmup_epochs * per_epoch), total)
         self.schedule = dict(peak_lr=peak, total_steps=total, warmup_steps=warmup, steps_per_epoch=per_epoch)
-        opt = adamw(self.model, peak, self.weight_decay, self.betas)
+        opt = adamw(self.model, peak, o.weight_decay, tuple(o.betas))
 
         def factor(step: int) -> float:  # LambdaLR multiplies the peak (each group's initial lr) by this
-            return warmup_cosine_lr(step, total, warmup, peak, self.warmup_lr, self.min_lr) / peak
+            return warmup_cosine_lr(step, total, warmup, peak, o.warmup_lr, o.min_lr) / peak
 
         self._lr_factor = factor
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -135,7 +119,7 @@ class MultiMAEModule(pl.LightningModule):
         if self.first_batch_sum is None:
             self.first_batch_sum = float(sum(v.double().sum() for v in x.values()))
         if self._viz_batch is None:
-            self._viz_batch = {m: v[: self.num_log_images].detach().clone() for m, v in x.items()}
+            self._viz_batch = {m: v[: self.cfg.num_log_images].detach().clone() for m, v in x.items()}
         if self.augment is not None:
             x = self.augment(x, self._rng)
         out = self.model(x, self.num_visible, self.alpha, generator=self._rng)
@@ -161,7 +145,7 @@ class MultiMAEModule(pl.LightningModule):
         b = next(iter(x.values())).shape[0]
         if batch_idx == 0:
             # preferred over training frames for the grids: held-out and never augmented
-            self._viz_batch = {m: v[: self.num_log_images].detach().clone() for m, v in x.items()}
+            self._viz_batch = {m: v[: self.cfg.num_log_images].detach().clone() for m, v in x.items()}
         out = self.model(x, self.num_visible, self.alpha, generator=self._val_rng)
         loss = self.loss_fn(out.preds, x, out.masks)
         self._log_terms("val", loss, b, sync_dist=True)
@@ -171,7 +155,7 @@ class MultiMAEModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._last_batch_end = None  # the pause for validation is not training throughput
-        n, epoch, max_epochs = self.log_images_every_n_epochs, self.current_epoch, self.trainer.max_epochs
+        n, epoch, max_epochs = self.cfg.log_images_every_n_epochs, self.current_epoch, self.trainer.max_epochs
         due = n > 0 and (epoch % n == 0 or (max_epochs is not None and epoch + 1 >= max_epochs))
         if not due or self._viz_batch is None or self.global_rank != 0:
             return

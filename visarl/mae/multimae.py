@@ -29,6 +29,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from visarl.config import ConfigError, choice
 from visarl.mae.adapters import PatchInputAdapter, SpatialDecoder, norm_layer, set_fused_attn
 from visarl.mae.masking import dirichlet_masks, visible_ids
 
@@ -117,16 +118,17 @@ class MultiMAEEncoder(nn.Module):
 
     def __init__(
         self,
-        modalities: tuple[str, ...] = ("rgb", "saliency"),
-        image_size: int = 64,
-        patch_size: int = 8,
-        dim: int = 256,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
-        global_token: bool = True,
-        final_norm: bool = False,
-        input_norm: str = "imagenet",
+        modalities: tuple[str, ...],
+        *,
+        image_size: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        global_token: bool,
+        final_norm: bool,
+        input_norm: str,
         fused_attn: bool = True,
     ) -> None:
         super().__init__()
@@ -204,26 +206,28 @@ class MultiMAE(nn.Module):
     per-patch normalised pixels, as the ViSaRL authors' code did, while ``rgb`` keeps raw pixels for viewing).
     ``decoder_residual``: a residual around each decoder's cross-attention and a LayerNorm before its pixel head
     (visarl's first decoder); False is MultiMAE's output adapter.
-    ``MultiMAE(("rgb",))`` is the rgb-only baseline with the same code.
+    ``modalities=("rgb",)`` is the rgb-only baseline with the same code. The numbers have no defaults here:
+    :class:`ModelConfig` holds them (``MultiMAE(modalities, **ModelConfig().kwargs())`` is Table II's model).
     """
 
     def __init__(
         self,
-        modalities: tuple[str, ...] = ("rgb", "saliency"),
-        image_size: int = 64,
-        patch_size: int = 8,
-        dim: int = 256,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
-        decoder_dim: int = 256,
-        decoder_depth: int = 3,
-        decoder_heads: int = 4,
-        global_token: bool = True,
-        norm_rgb_output: bool = False,
-        final_norm: bool = False,
-        input_norm: str = "imagenet",
-        decoder_residual: bool = False,
+        modalities: tuple[str, ...],
+        *,
+        image_size: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        decoder_dim: int,
+        decoder_depth: int,
+        decoder_heads: int,
+        global_token: bool,
+        norm_rgb_output: bool,
+        final_norm: bool,
+        input_norm: str,
+        decoder_residual: bool,
         fused_attn: bool = True,
     ) -> None:
         super().__init__()
@@ -239,8 +243,9 @@ class MultiMAE(nn.Module):
         )  # fmt: skip
         self.modalities, self.patch_size = modalities, patch_size
         self.encoder = MultiMAEEncoder(
-            modalities, image_size, patch_size, dim, depth, num_heads, mlp_ratio, global_token, final_norm, input_norm,
-            fused_attn,
+            modalities, image_size=image_size, patch_size=patch_size, dim=dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, global_token=global_token, final_norm=final_norm, input_norm=input_norm,
+            fused_attn=fused_attn,
         )  # fmt: skip
         self.outputs = modalities + (("rgb" + NORM_SUFFIX,) if norm_rgb_output else ())
         self.decoders = nn.ModuleDict()
@@ -313,12 +318,6 @@ class MultiMAE(nn.Module):
         """No masking: tokens ``[B, G + M*N, D]`` of the modalities given ([B, 129, D] for rgb+saliency, G=1)."""
         return self.encoder(inputs)
 
-    def frozen_encoder(self, modalities: tuple[str, ...] | None = None, pooling: str = "mean") -> nn.Module:
-        """A frozen copy of the encoder for RL (see :class:`visarl.mae.frozen.FrozenEncoder`)."""
-        from visarl.mae.frozen import FrozenEncoder
-
-        return FrozenEncoder.from_model(self, modalities, pooling)
-
 
 def _init_linear(m: nn.Module) -> None:
     # MAE's init: xavier-uniform linear layers, zero biases (timm's own default is a truncated normal)
@@ -335,10 +334,88 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 """Named widths: ``paper`` is ViSaRL's Table II model, ``tiny`` the test-size variant (same code)."""
 
 
+@dataclass
+class ModelConfig:
+    """MultiMAE's architecture: a named size, with any width given here taking precedence. The one place the
+    model's defaults live (``pretrain``'s ``model:`` section; :func:`build_multimae` for tests and benchmarks)."""
+
+    size: str = "paper"
+    """'paper' (Table II: 256 wide, 4 layers, 4 heads; decoders 256 wide, 3 layers, 4 heads) or 'tiny' (tests)."""
+    dim: int | None = None
+    """Encoder width; None takes the size's."""
+    depth: int | None = None
+    """Encoder transformer layers."""
+    num_heads: int | None = None
+    """Encoder attention heads."""
+    decoder_dim: int | None = None
+    """Decoder width."""
+    decoder_depth: int | None = None
+    """Decoder self-attention layers after its cross-attention layer."""
+    decoder_heads: int | None = None
+    """Decoder attention heads."""
+    mlp_ratio: float = 4.0
+    """Transformer MLP hidden width / width."""
+    image_size: int = 64
+    """Input side in pixels; must match the frames."""
+    patch_size: int = 8
+    """Patch side in pixels (8: 64 tokens per modality at 64x64)."""
+    global_token: bool = True
+    """A learned global token in the encoder (the authors' fork: num_global_tokens 1); RL pools the mean of the
+    other tokens by default (Sec. II-D), or this token."""
+    final_norm: bool = False
+    """LayerNorm after the last encoder block (ViT/MAE); MultiMAE's pretraining encoder, the authors', has none."""
+    input_norm: str = "imagenet"
+    """'imagenet': rgb standardised with ImageNet mean/std before the encoder, and as the rgb target (the authors'
+    fork); 'none': rgb in [0, 1]."""
+    decoder_residual: bool = False
+    """Residual around each decoder's cross-attention and a LayerNorm before its head; False: MultiMAE's decoder."""
+    norm_rgb_output: bool = True
+    """Extra rgb decoder trained on per-patch normalised pixels (MultiMAE's extra_norm_pix_loss)."""
+    fused_attn: bool | None = None
+    """Attention kernel: True F.scaled_dot_product_attention, False softmax(QK^T)V; None: fused on GPU, eager on CPU
+    (on a CPU eager attention is the faster one under bf16; benchmarks/multimae_speed.py compares them)."""
+    compile: bool = False
+    """torch.compile the encoder and decoders: steps only a little faster on a CPU, after a compile that takes
+    minutes (benchmarks/multimae_speed.py); worth it only for long runs."""
+
+    def __post_init__(self) -> None:
+        choice("model.size", self.size, list(MODEL_SIZES))
+        choice("model.input_norm", self.input_norm, list(INPUT_NORMS))
+        for key in ("dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "decoder_heads"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.{key}: must be positive, got {value}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"model.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    def widths(self) -> dict[str, int]:
+        """The six width numbers, the size's defaults overridden by the fields given."""
+        base = MODEL_SIZES[self.size]
+        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in base.items()}
+
+    def kwargs(self) -> dict[str, Any]:
+        """The :class:`MultiMAE` constructor numbers; the caller adds ``modalities`` and the run-time ``fused_attn``."""
+        return {
+            **self.widths(),
+            "mlp_ratio": self.mlp_ratio,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "global_token": self.global_token,
+            "norm_rgb_output": self.norm_rgb_output,
+            "final_norm": self.final_norm,
+            "input_norm": self.input_norm,
+            "decoder_residual": self.decoder_residual,
+        }
+
+
 def build_multimae(
     size: str = "paper", modalities: tuple[str, ...] = ("rgb", "saliency"), **overrides: Any
 ) -> MultiMAE:
-    """``build_multimae("tiny", ("rgb",))``: a :class:`MultiMAE` of a named size; ``overrides`` win."""
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown MultiMAE size {size!r}; known: {sorted(MODEL_SIZES)}")
-    return MultiMAE(tuple(modalities), **{**MODEL_SIZES[size], **overrides})
+    """``build_multimae("tiny", ("rgb",))``: the :class:`MultiMAE` of ``ModelConfig(size=size, **overrides)``.
+
+    Unlike a pretrain config, it has one decoder per modality unless ``norm_rgb_output=True`` is given, so any
+    modalities work (tests and benchmarks).
+    """
+    cfg = ModelConfig(size=size, **{"norm_rgb_output": False, **overrides})
+    fused = {} if cfg.fused_attn is None else {"fused_attn": cfg.fused_attn}
+    return MultiMAE(tuple(modalities), **cfg.kwargs(), **fused)

@@ -48,6 +48,7 @@ def label_shards_with_oracle(
     The camera comes from each shard's ``task``, ``camera`` and ``image_size`` attributes (one env is built per
     distinct triple to read its fixed camera pose; nothing is rendered per frame).
     """
+    # lazy: importing visarl.envs loads MuJoCo and picks its GL backend
     from visarl.envs import DEFAULT_CAMERA, keypoints_from_states, make_env
 
     cameras: dict[tuple, tuple] = {}

@@ -24,74 +24,19 @@ import torch
 
 from visarl.config import ConfigError, RunConfig, choice
 from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
 from visarl.core.runtime import build_trainer, checkpoint_callbacks, quiet_lightning, resume_checkpoint
+from visarl.data.shards import default_data_dir
 from visarl.mae.augment import PairedAugment
 from visarl.mae.frozen import save_checkpoint
 from visarl.mae.loss import LOSS_KINDS, REDUCTIONS, ReconstructionLoss
-from visarl.mae.multimae import INPUT_NORMS, MODALITIES, MODEL_SIZES, NORM_SUFFIX, MultiMAE, output_source
+from visarl.mae.multimae import MODALITIES, NORM_SUFFIX, ModelConfig, MultiMAE, output_source
 from visarl.registry import RunContext, register_stage
+
+log = get_logger(__name__)
 
 PAPER_EPOCHS = 200
 """Table II's epoch count (the text of Sec. II-C says 400; see conf/pretrain/rgb_saliency.yaml)."""
-
-
-@dataclass
-class ModelConfig:
-    """MultiMAE widths: a named size, with any width given here taking precedence."""
-
-    size: str = "paper"
-    """'paper' (Table II: 256 wide, 4 layers, 4 heads; decoders 256 wide, 3 layers, 4 heads) or 'tiny' (tests)."""
-    dim: int | None = None
-    """Encoder width; None takes the size's."""
-    depth: int | None = None
-    """Encoder transformer layers."""
-    num_heads: int | None = None
-    """Encoder attention heads."""
-    decoder_dim: int | None = None
-    """Decoder width."""
-    decoder_depth: int | None = None
-    """Decoder self-attention layers after its cross-attention layer."""
-    decoder_heads: int | None = None
-    """Decoder attention heads."""
-    mlp_ratio: float = 4.0
-    """Transformer MLP hidden width / width."""
-    image_size: int = 64
-    """Input side in pixels; must match the frames."""
-    patch_size: int = 8
-    """Patch side in pixels (8: 64 tokens per modality at 64x64)."""
-    global_token: bool = True
-    """A learned global token in the encoder (the authors' fork: num_global_tokens 1); RL pools the mean of the
-    other tokens by default (Sec. II-D), or this token."""
-    final_norm: bool = False
-    """LayerNorm after the last encoder block (ViT/MAE); MultiMAE's pretraining encoder, the authors', has none."""
-    input_norm: str = "imagenet"
-    """'imagenet': rgb standardised with ImageNet mean/std before the encoder, and as the rgb target (the authors'
-    fork); 'none': rgb in [0, 1]."""
-    decoder_residual: bool = False
-    """Residual around each decoder's cross-attention and a LayerNorm before its head; False: MultiMAE's decoder."""
-    norm_rgb_output: bool = True
-    """Extra rgb decoder trained on per-patch normalised pixels (MultiMAE's extra_norm_pix_loss)."""
-    fused_attn: bool | None = None
-    """Attention kernel: True F.scaled_dot_product_attention, False softmax(QK^T)V; None: fused on GPU, eager on CPU
-    (eager measured faster under bf16 on the 2-core CPU, see benchmarks/multimae_speed.py)."""
-    compile: bool = False
-    """torch.compile the encoder and decoders: on the 2-core CPU 3% (batch 128) to 10% (batch 64) faster steps
-    after ~100 s of compiling; worth it only for long runs."""
-
-    def __post_init__(self) -> None:
-        choice("model.size", self.size, list(MODEL_SIZES))
-        choice("model.input_norm", self.input_norm, list(INPUT_NORMS))
-        for key in ("dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "decoder_heads"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"model.{key}: must be positive, got {value}")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"model.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-
-    def widths(self) -> dict[str, int]:
-        """The six width numbers, the size's defaults overridden by the fields given."""
-        base = MODEL_SIZES[self.size]
-        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in base.items()}
 
 
 @dataclass
@@ -237,17 +182,12 @@ class PretrainConfig(RunConfig):
                 raise ConfigError(f"{key}: {unknown} are not outputs of this model {sorted(outputs)}")
 
     def resolved_data_dirs(self) -> list[Path]:
-        return [Path(d) for d in self.data_dirs] if self.data_dirs else [Path("data") / self.task / "replay"]
+        return [Path(d) for d in self.data_dirs] if self.data_dirs else [default_data_dir(self.task)]
 
 
 def build_model(cfg: PretrainConfig, fused_attn: bool = True) -> MultiMAE:
     """The :class:`MultiMAE` a pretrain config describes."""
-    m = cfg.model
-    return MultiMAE(
-        tuple(cfg.modalities), m.image_size, m.patch_size, mlp_ratio=m.mlp_ratio, global_token=m.global_token,
-        norm_rgb_output=m.norm_rgb_output, final_norm=m.final_norm, input_norm=m.input_norm,
-        decoder_residual=m.decoder_residual, fused_attn=fused_attn, **m.widths(),
-    )  # fmt: skip
+    return MultiMAE(tuple(cfg.modalities), **cfg.model.kwargs(), fused_attn=fused_attn)
 
 
 def build_loss(cfg: PretrainConfig, model: MultiMAE) -> ReconstructionLoss:
@@ -371,12 +311,7 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
         cfg.model.fused_attn if cfg.model.fused_attn is not None else isinstance(trainer.accelerator, CUDAAccelerator)
     )
     model = build_model(cfg, fused_attn=fused)
-    o = cfg.optim
-    module = MultiMAEModule(
-        model, build_loss(cfg, model), cfg.batch_size, cfg.num_visible, cfg.alpha, build_augment(cfg), o.base_lr,
-        o.weight_decay, tuple(o.betas), o.warmup_lr, o.min_lr, o.warmup_epochs, cfg.seed,
-        cfg.log_images_every_n_epochs, cfg.num_log_images, cfg.model.compile, o.lr_reference_batch,
-    )  # fmt: skip
+    module = MultiMAEModule(model, build_loss(cfg, model), cfg, build_augment(cfg))
     with quiet_lightning():
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
@@ -406,5 +341,5 @@ def run_pretrain(cfg: PretrainConfig, ctx: RunContext) -> dict:
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "summary.json", summary)
         steps, epochs = summary["global_step"], summary["epochs_completed"]
-        print(f"pretrain: {steps} steps, {epochs} epochs; encoder at {summary['encoder']}")
+        log.info(f"pretrain: {steps} steps, {epochs} epochs; encoder at {summary['encoder']}")
     return summary

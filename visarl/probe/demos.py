@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from visarl.config import ConfigError
+from visarl.core.io import atomic_write_json
 from visarl.data.shards import ShardReader, ShardWriter, list_shards, write_field
 
 MANIFEST = "demos.json"
@@ -59,9 +59,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, directory / MANIFEST)
+    atomic_write_json(directory / MANIFEST, manifest)
 
 
 def record_demos(
@@ -74,7 +72,7 @@ def record_demos(
     """
     from tqdm import tqdm
 
-    from visarl.envs import MetaWorldPixelEnv
+    from visarl.envs import MetaWorldPixelEnv  # lazy: importing it loads MuJoCo and picks its GL backend
     from visarl.envs.experts import ScriptedExpert
 
     directory = Path(directory)

@@ -9,8 +9,6 @@ evaluation step already holds that evaluation. ``probe.json`` is rewritten after
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from visarl.core.io import atomic_write_json
 from visarl.probe.policy import BCPolicy
 from visarl.rl.evaluate import Evaluator
 from visarl.rl.module import EnvStepCheckpoint, _seed
@@ -148,10 +147,7 @@ class BCProbe(pl.LightningModule):
         }
 
     def write_json(self) -> None:
-        path = Path(self.settings.run_dir) / "probe.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.summary(), indent=2))
-        os.replace(tmp, path)
+        atomic_write_json(Path(self.settings.run_dir) / "probe.json", self.summary())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["visarl_probe"] = {

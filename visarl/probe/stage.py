@@ -25,13 +25,17 @@ import numpy as np
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.core.log import get_logger
 from visarl.data.shards import producer_attrs
-from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs, resolve_task
+from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, MetaWorldPixelEnv, env_kwargs, resolve_task
 from visarl.probe.demos import DemoSet, add_field, load_demos, record_demos
 from visarl.probe.policy import BCPolicy
 from visarl.registry import RunContext, register_stage
 from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
-from visarl.rl.saliency_source import SALIENCY_SOURCES
+from visarl.rl.saliency_source import SALIENCY_SOURCES, labeller, make_saliency_source
+from visarl.rl.stage import RolloutEvalConfig
+
+log = get_logger(__name__)
 
 PROBE_ENCODERS = ("state", "cnn", "mmae")
 
@@ -72,23 +76,13 @@ class BCConfig:
 
 
 @dataclass
-class ProbeEvalConfig:
+class ProbeEvalConfig(RolloutEvalConfig):
     """Evaluation: success over ``episodes`` episodes (success at any step, as in rl), deterministic policy."""
 
     every: int = 1000
     """Optimizer steps between evaluations; the last step is always evaluated. Rollouts dominate the probe's cost."""
-    episodes: int = 50
-    """Episodes per evaluation (R3M: 50)."""
-    num_envs: int = 5
-    """Envs stepped together (their frames are labelled and encoded as one batch)."""
     async_envs: bool = False
     """Run each evaluation env in its own worker process (pays a start-up; helps with spare cores)."""
-    strip_frames: int = 8
-    """Frames of one rollout shown side by side in TensorBoard."""
-
-    def __post_init__(self) -> None:
-        if self.every < 0 or self.episodes < 1 or self.num_envs < 1 or self.strip_frames < 1:
-            raise ConfigError(f"eval: every must be >= 0, episodes, num_envs and strip_frames >= 1 (got {self})")
 
 
 @dataclass
@@ -189,12 +183,8 @@ def _file_sha1(path: str) -> str:
 
 def _saliency_labeller(cfg: ProbeConfig) -> tuple[Any, str]:
     """(label(rgb [n, H, W, 3], states [n, S]) -> uint8 [n, H, W], provenance) of the config's saliency source."""
-    from visarl.rl.saliency_source import labeller, make_saliency_source
-
     camera, n_objects = None, 1
     if cfg.saliency == "oracle":
-        from visarl.envs import MetaWorldPixelEnv
-
         env = MetaWorldPixelEnv(**env_kwargs(cfg.env))
         camera, n_objects = env.camera_model, env.n_objects
         env.close()
@@ -213,6 +203,7 @@ def _saliency_labeller(cfg: ProbeConfig) -> tuple[Any, str]:
 @register_stage("probe", ProbeConfig)
 def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
     """Record (or reuse) the demos, derive what the encoder reads, clone the expert, evaluate; see the module doc."""
+    # lazy: Lightning (and the modules built on it) load when a probe runs, not when --list-stages reads this file
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -349,7 +340,7 @@ def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
     summary = module.summary()
     final, best = summary["final"], summary["best"]
     if final is not None:
-        print(
+        log.info(
             f"probe: {spec.task} {cfg.encoder} {'+'.join(cfg.inputs)}: final success {final['success_rate']:.2f} "
             f"(best {best['success_rate']:.2f} at step {best['step']}), expert {manifest['expert_success']:.2f}, "
             f"{seconds['total']:.0f} s"

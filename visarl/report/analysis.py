@@ -8,7 +8,8 @@ III-A), and MultiMAE reconstructions under three random masks (ViSaRL Fig. 6). E
 absent raises :class:`FileNotFoundError` naming it and the step that writes it.
 
 Figures are built as plain :class:`matplotlib.figure.Figure` objects (not through pyplot), so nothing here
-touches pyplot's global state; a notebook displays one by making it the last expression of a cell.
+touches pyplot's global state; a notebook displays one by making it the last expression of a cell. The stages'
+modules are imported inside the functions that need them, so the notebook's first cell loads no Lightning.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from visarl.core.io import atomic_savefig, atomic_write_text
 from visarl.report.results import METHODS, RunResult, collect_results
 from visarl.report.tables import aggregate_curves, mean_std
 
@@ -124,7 +125,7 @@ def write_figure(results: list[RunResult], path: Path) -> None:
             ax.legend(fontsize=7, loc="upper left")
     fig.suptitle("Evaluation success and return (mean ± standard error over seeds)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -152,7 +153,7 @@ def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = ""
         "command": command,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(doc, indent=2) + "\n")
     write_figure(results, out_dir / f"{name}.png")
 
     lines = [f"# {title or name}", ""]
@@ -184,7 +185,7 @@ def publish(cells: Path, out_dir: Path, name: str, command: str, title: str = ""
     lines += ["## Figure 3 at this scale", "", f"![success curves]({name}.png)", ""]
     if notes:  # the reading of the numbers, written by people; the numbers above stay generated
         lines += [notes.rstrip(), ""]
-    (out_dir / f"{name}.md").write_text("\n".join(lines))
+    atomic_write_text(out_dir / f"{name}.md", "\n".join(lines))
     return doc
 
 

@@ -1,7 +1,7 @@
 """Gather RL runs into (task, method, seed) results: final success and the success-rate learning curve.
 
 A run is any directory holding a ``config.yaml`` whose ``stage`` is ``rl``. Its final success comes from
-``eval.json`` (the last evaluation over ``eval_episodes`` rollouts); its curve from the TensorBoard event
+``eval.json`` (the last evaluation over ``eval.episodes`` rollouts); its curve from the TensorBoard event
 files (tag ``eval/success_rate``), falling back to the curve stored in ``eval.json``. Runs that have not
 finished an evaluation are reported as missing, never filled in.
 
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
+
+from visarl.rl.encoders import PIXEL_VARIANTS
 
 SUCCESS_TAG = "eval/success_rate"
 
@@ -123,23 +125,20 @@ def _pretrained_modalities(ckpt: str) -> list[str] | None:
 
 
 def method_of(cfg: dict) -> str:
-    """Table I's method name for an rl run's config (an explicit ``method`` key wins)."""
-    if cfg.get("method"):
-        return str(cfg["method"])
-    enc = cfg.get("encoder", {})
-    enc = enc if isinstance(enc, dict) else {"name": enc}
-    name = enc.get("name") or enc.get("type") or cfg.get("encoder")
-    variant = enc.get("variant") or cfg.get("variant", "rgb")
-    if name == "cnn":
-        return _CNN_VARIANTS.get(str(variant), f"CNN {variant}")
-    if name in ("mmae", "multimae"):
-        used = list(enc.get("modalities") or cfg.get("modalities") or ["rgb"])
+    """Table I's method name for the resolved ``config.yaml`` of an rl (or probe) run: its ``encoder``, ``variant``,
+    ``modalities`` and ``encoder_ckpt`` fields."""
+    encoder, variant = str(cfg.get("encoder")), str(cfg.get("variant", "rgb"))
+    if encoder == "cnn":
+        return _CNN_VARIANTS.get(variant, f"CNN {variant}")
+    if encoder == "mmae":
+        # the frozen encoder's inputs, as RLConfig.obs_keys: the modalities given, else the variant's
+        used = list(cfg.get("modalities") or (PIXEL_VARIANTS[variant].obs_keys if variant in PIXEL_VARIANTS else []))
         if "saliency" in used:
             return "MMAE RGB+Saliency"
-        ckpt = enc.get("ckpt") or enc.get("encoder_ckpt") or cfg.get("encoder_ckpt")
+        ckpt = cfg.get("encoder_ckpt")
         pre = _pretrained_modalities(ckpt) if ckpt else None
         return "MMAE RGB+Saliency(PO)" if pre and "saliency" in pre else "MMAE RGB"
-    return str(name)
+    return encoder
 
 
 def read_scalars(run_dir: Path, tag: str = SUCCESS_TAG) -> tuple[np.ndarray, np.ndarray]:
@@ -165,8 +164,7 @@ def load_run(run_dir: Path) -> RunResult | None:
     cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
     if not isinstance(cfg, dict) or cfg.get("stage") != "rl":
         return None
-    env = cfg.get("env", {}) if isinstance(cfg.get("env"), dict) else {}
-    task = short_task(str(env.get("task") or cfg.get("task", "?")))
+    task = short_task(str(cfg["env"]["task"]))
     final = None
     method = method_of(cfg)
     # Runs written before eval.json recorded the source: the config's, when the method reads saliency at all.
@@ -226,8 +224,7 @@ def load_probe(run_dir: Path) -> ProbeResult | None:
     cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
     if not isinstance(cfg, dict) or cfg.get("stage") != "probe":
         return None
-    env = cfg.get("env", {}) if isinstance(cfg.get("env"), dict) else {}
-    task = short_task(str(env.get("task", "?")))
+    task = short_task(str(cfg["env"]["task"]))
     method = PROBE_STATE if cfg.get("encoder") == "state" else method_of(cfg)
     final = best = seconds = None
     path = run_dir / "probe.json"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from visarl.core.io import atomic_savefig, atomic_write_text
 from visarl.report.results import (
     METHODS,
     ORACLE_FOOTNOTE,
@@ -92,17 +94,22 @@ def write_table1(results: list[RunResult], out_dir: Path) -> tuple[Path, Path]:
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     oracle = any(m.endswith(ORACLE_MARK) for m in methods)
-    md_path = out_dir / "table1.md"
-    md_path.write_text(
+    md_path = atomic_write_text(
+        out_dir / "table1.md",
         "Success rate (final evaluation; mean ± sample std over seeds; 'seeds' counts runs per task).\n\n"
         + "\n".join(md)
         + "\n"
-        + (f"\n{ORACLE_FOOTNOTE}\n" if oracle else "")
+        + (f"\n{ORACLE_FOOTNOTE}\n" if oracle else ""),
     )
-    csv_path = out_dir / "table1.csv"
-    with csv_path.open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])  # rows keep their dagger; the footnote is in table1.md
+    csv_path = atomic_write_text(out_dir / "table1.csv", _csv([header, *rows]))  # rows keep their dagger
     return md_path, csv_path
+
+
+def _csv(rows: list[list[str]]) -> str:
+    """``rows`` as CSV text (the csv module's line endings)."""
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    return text.getvalue()
 
 
 def aggregate_curves(runs: list[RunResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -162,8 +169,7 @@ def write_figure3(results: list[RunResult], out_dir: Path) -> Path:
         axes[row, -1].legend(handles, methods, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Success rate (mean ± standard error over seeds)", fontsize=11)
     fig.tight_layout()
-    path = out_dir / "figure3.png"
-    fig.savefig(path, dpi=120)
+    path = atomic_savefig(fig, out_dir / "figure3.png", dpi=120)
     plt.close(fig)
     return path
 
@@ -215,14 +221,12 @@ def write_probe_table(results: list[ProbeResult], out_dir: Path) -> tuple[Path, 
     header, rows = probe_rows(results)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md_path = out_dir / "probe.md"
-    md_path.write_text(
+    md_path = atomic_write_text(
+        out_dir / "probe.md",
         "Probe: behaviour cloning from the scripted expert's demos; success rate at the last evaluation (final)\n"
-        "and the best evaluation (best); mean ± sample std over seeds.\n\n" + "\n".join(md) + "\n"
+        "and the best evaluation (best); mean ± sample std over seeds.\n\n" + "\n".join(md) + "\n",
     )
-    csv_path = out_dir / "probe.csv"
-    with csv_path.open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
+    csv_path = atomic_write_text(out_dir / "probe.csv", _csv([header, *rows]))
     return md_path, csv_path
 
 
@@ -260,7 +264,6 @@ def write_probe_figure(results: list[ProbeResult], out_dir: Path) -> Path:
     if methods:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    path = out_dir / "probe.png"
-    fig.savefig(path, dpi=120)
+    path = atomic_savefig(fig, out_dir / "probe.png", dpi=120)
     plt.close(fig)
     return path

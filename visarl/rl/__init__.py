@@ -1,21 +1,19 @@
 """SAC for ViSaRL: encoders and input variants, actor and twin critics, the update math, saliency sources."""
 
 from visarl.data.datamodules import TransitionBatch
-from visarl.rl.encoders import FrozenEncoder, IdentityEncoder, PixelCNN, make_encoder
+from visarl.rl.encoders import IdentityEncoder, PixelCNN, make_encoder
 from visarl.rl.networks import Actor, Critic, SquashedNormal
 from visarl.rl.sac import SACAgent, SACOptimizers, make_optimizers
-from visarl.rl.saliency_source import OracleSaliency, SaliencySource
+from visarl.rl.saliency_source import OracleSaliency
 
 __all__ = [
     "Actor",
     "Critic",
-    "FrozenEncoder",
     "IdentityEncoder",
     "OracleSaliency",
     "PixelCNN",
     "SACAgent",
     "SACOptimizers",
-    "SaliencySource",
     "SquashedNormal",
     "TransitionBatch",
     "make_encoder",

@@ -8,7 +8,9 @@ the keys it reads in ``obs_keys`` (so a data module loads only those). Images ar
 - ``PixelCNN``: the paper's CNN (Appendix F, after RAD/SAC-AE), trained by critic gradients only, with the
   four input variants of Section IV-D: ``rgb``, ``saliency``, ``rgb_x_saliency`` and ``rgbs``. Its settings follow
   the paper and, where it is silent, the authors' ``SharedCNN`` (docs/fidelity.md, CNN rows).
-- ``FrozenEncoder``: any pretrained module (the MultiMAE encoder) with its weights fixed.
+- ``mmae``: the pretrained MultiMAE encoder, frozen (:class:`visarl.mae.frozen.FrozenEncoder`). The rl stage
+  stores its embedding of each frame instead of re-encoding batches (:class:`visarl.mae.frozen.FrameEmbedder`);
+  this form encodes every batch, the reference the stored embeddings are checked against.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from visarl.config import ConfigError
+from visarl.mae.frozen import FrozenEncoder
 from visarl.rl.networks import CONV_INITS, conv_init
 
-ENCODER_NAMES = ("identity", "cnn", "frozen")
+ENCODER_NAMES = ("identity", "cnn", "mmae")
+"""Values of the ``encoder:`` config key: the 39-d state, the paper's CNN, the frozen MultiMAE."""
 
 
 def to_unit(x: Tensor) -> Tensor:
@@ -149,40 +153,10 @@ class PixelCNN(nn.Module):
         return x - 0.5 if self.center else x
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        # channels-last convs measured 1.3-1.5x faster on the CPU (oneDNN); flatten(1) still yields the
+        # oneDNN's CPU convolutions are faster on channels-last tensors; flatten(1) still yields the
         # logical [C, H, W] order, so features do not depend on the memory format.
         x = self.preprocess(obs).contiguous(memory_format=torch.channels_last)
         return self.convs(x).flatten(1)  # [B, C*H*W]
-
-
-class FrozenEncoder(nn.Module):
-    """A pretrained encoder whose weights never change during RL (the paper's frozen MultiMAE, Section III).
-
-    The wrapped module is called as ``module({key: float [B, C, H, W] in [0, 1]}) -> [B, D]`` for the keys in
-    ``obs_keys``. Its parameters have ``requires_grad=False``, it stays in eval mode even when the agent is put
-    in train mode, and it runs under ``no_grad``, so no optimizer can change it and no graph is kept.
-    """
-
-    def __init__(self, module: nn.Module, obs_keys: tuple[str, ...], out_dim: int) -> None:
-        super().__init__()
-        self.module = module
-        self.obs_keys = tuple(obs_keys)
-        self.out_dim = out_dim
-        self.module.requires_grad_(False)
-        self.module.eval()
-
-    def train(self, mode: bool = True) -> FrozenEncoder:
-        super().train(mode)
-        self.module.eval()  # dropout/batch-norm statistics stay as pretrained
-        return self
-
-    @torch.no_grad()
-    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        _require(obs, self.obs_keys, "FrozenEncoder")
-        out = self.module({k: to_unit(obs[k]) for k in self.obs_keys})
-        if out.ndim != 2:
-            raise ValueError(f"FrozenEncoder's module must return [B, D] features, got shape {tuple(out.shape)}")
-        return out.float()
 
 
 def _image_size(obs_shapes: Mapping[str, tuple[int, ...]], keys: tuple[str, ...]) -> tuple[int, int]:
@@ -204,15 +178,14 @@ def make_encoder(
     center: bool = False,
     saliency_scale: float = 1.0,
     conv_init: str = "delta_orthogonal",
-    module: nn.Module | None = None,
-    out_dim: int | None = None,
+    module: FrozenEncoder | None = None,
     state_key: str = "state",
 ) -> nn.Module:
     """Build an encoder from names and the observation shapes (``{"rgb": (3, 64, 64), "state": (39,), ...}``).
 
-    ``name`` is "identity" (``variant`` ignored), "cnn" (``variant`` one of PIXEL_VARIANTS) or "frozen"
-    (``variant`` "rgb", "saliency" or "rgbs" picks the keys handed to ``module``; ``out_dim`` defaults to
-    ``module.out_dim`` or is found by a dummy forward pass).
+    ``name`` is "identity" (``variant`` ignored), "cnn" (``variant`` one of PIXEL_VARIANTS) or "mmae": ``module``,
+    a :class:`FrozenEncoder` (e.g. from :func:`visarl.mae.frozen.load_encoder`), whose modalities must be among
+    the keys of ``variant`` ("rgb", "saliency" or "rgbs") and whose image size must be the observations'.
     """
     if name not in ENCODER_NAMES:
         raise ConfigError(f"encoder: {name!r} is not one of {list(ENCODER_NAMES)}")
@@ -238,18 +211,20 @@ def make_encoder(
             variant, image_size, num_layers, num_filters, first_padding, last_relu, center, saliency_scale, conv_init
         )
 
-    if module is None:
-        raise ConfigError("encoder 'frozen' needs a pretrained module (e.g. an exported MultiMAE encoder)")
-    if out_dim is None:
-        out_dim = getattr(module, "out_dim", None)
-    if out_dim is None:
-        dummy = {k: torch.zeros(1, *obs_shapes[k]) for k in spec.obs_keys}
-        was_training = module.training
-        module.eval()
-        with torch.no_grad():
-            out_dim = int(module(dummy).shape[-1])
-        module.train(was_training)
-    return FrozenEncoder(module, spec.obs_keys, int(out_dim))
+    return _frozen(module, variant, image_size)
+
+
+def _frozen(module: FrozenEncoder | None, variant: str, image_size: tuple[int, int]) -> FrozenEncoder:
+    """``module`` checked against the variant's keys and the observations' image size."""
+    if not isinstance(module, FrozenEncoder):
+        raise ConfigError("encoder 'mmae' needs a pretrained module: a FrozenEncoder (visarl.mae.load_encoder)")
+    keys = PIXEL_VARIANTS[variant].obs_keys
+    if not set(module.obs_keys) <= set(keys):
+        raise ConfigError(f"variant {variant!r} gives {list(keys)}; the frozen encoder reads {list(module.obs_keys)}")
+    trained = int(module.encoder.image_size)
+    if image_size != (trained, trained):
+        raise ConfigError(f"the frozen encoder was trained on {trained}x{trained} frames, not {image_size}")
+    return module
 
 
 def is_trainable(encoder: nn.Module) -> bool:

@@ -16,14 +16,13 @@ every RNG state per rank and the evaluation history, so a killed run resumes whe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -31,51 +30,20 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset
 
+from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
 from visarl.data.datamodules import TransitionBatch
+from visarl.envs import env_kwargs
 from visarl.mae.frozen import FrameEmbedder
 from visarl.rl.evaluate import Evaluator, done_info, final_obs, to_policy_obs
-from visarl.rl.replay import Replay
+from visarl.rl.replay import Replay, safe_prefix
 from visarl.rl.sac import SACAgent, SACOptimizers, make_optimizers
 from visarl.rl.saliency_source import labeller, make_saliency_source
 
+log = get_logger(__name__)
 
-@dataclass
-class LoopSettings:
-    """Everything the loop needs besides the agent, as plain values (the stage runner fills it from a config)."""
-
-    env: dict[str, Any]
-    """Keyword arguments of the pixel env (``visarl.envs.env_kwargs``)."""
-    num_steps: int
-    """Env steps (transitions) over all ranks before training stops."""
-    num_envs: int = 1
-    async_envs: bool = True
-    seed: int = 0
-    batch_size: int = 128
-    lr: float = 1e-4
-    alpha_lr: float = 1e-4
-    tau: float = 0.005
-    encoder_tau: float | None = None
-    actor_update_freq: int = 2
-    target_update_freq: int = 2
-    learning_starts: int = 1000
-    initial_updates: int = 0
-    """Updates made at once on the step that reaches ``learning_starts`` (replacing that step's usual ones)."""
-    updates_per_step: float = 1.0
-    replay_size: int = 0
-    data_dir: str = "replay"
-    rows_per_shard: int = 5000
-    shard_prefix: str = "sac"
-    shard_attrs: dict[str, Any] = field(default_factory=dict)
-    saliency: str = "none"
-    saliency_ckpt: str = ""
-    saliency_sigma: float = 10.0
-    eval_every: int = 10_000
-    eval_episodes: int = 50
-    eval_envs: int = 5
-    eval_final: bool = True
-    eval_strip: int = 8
-    log_every: int = 1000
-    run_dir: str = "."
+if TYPE_CHECKING:
+    from visarl.rl.stage import SACRunConfig
 
 
 class _Clock(IterableDataset):
@@ -110,12 +78,6 @@ def batch_to(batch: TransitionBatch, device: torch.device) -> TransitionBatch:
     )
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -140,11 +102,25 @@ def params_digest(module: torch.nn.Module) -> str:
 class SACLoop(pl.LightningModule):
     """SAC with vectorized envs, replay shards, periodic evaluation and resumable state (see the module doc)."""
 
-    def __init__(self, agent: SACAgent, settings: LoopSettings, embedder: FrameEmbedder | None = None) -> None:
+    def __init__(
+        self,
+        agent: SACAgent,
+        cfg: SACRunConfig,
+        *,
+        run_dir: str | Path,
+        data_dir: str | Path,
+        shard_attrs: dict[str, Any],
+        embedder: FrameEmbedder | None = None,
+    ) -> None:
+        """``cfg`` is the run's config, read as is (``cfg.sac``, ``cfg.eval``, the loop fields); the keywords are
+        what the runner resolves at run time: the run directory, where the replay shards go and their attributes."""
         super().__init__()
         self.automatic_optimization = False
         self.agent = agent
-        self.settings = settings
+        self.cfg = cfg
+        self.run_dir, self.data_dir = Path(run_dir), Path(data_dir)
+        self.shard_attrs = dict(shard_attrs)
+        self.env_kwargs = env_kwargs(cfg.env)
         # A frozen encoder runs here, once per observed frame, never on a batch: the agent reads its stored output.
         self.embedder = embedder
         if embedder is not None and agent.obs_keys != (embedder.key,):
@@ -169,8 +145,7 @@ class SACLoop(pl.LightningModule):
     # -- setup ---------------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        s = self.settings
-        return list(make_optimizers(self.agent, lr=s.lr, alpha_lr=s.alpha_lr))
+        return list(make_optimizers(self.agent, **self.cfg.sac.optimizer_kwargs()))
 
     @property
     def world_size(self) -> int:
@@ -184,21 +159,21 @@ class SACLoop(pl.LightningModule):
         from visarl.envs import make_vector_env
 
         return make_vector_env(
-            n, seed=None, asynchronous=self.settings.async_envs, autoreset_mode="SameStep", **self.settings.env
+            n, seed=None, asynchronous=self.cfg.async_envs, autoreset_mode="SameStep", **self.env_kwargs
         )
 
     def on_fit_start(self) -> None:
-        s, rank = self.settings, self.rank
-        self.envs = self._make_envs(s.num_envs)
-        if s.saliency != "none":
+        cfg, rank = self.cfg, self.rank
+        self.envs = self._make_envs(cfg.num_envs)
+        if cfg.saliency != "none":
             camera = self.envs.get_attr("camera_model")[0]
             n_objects = int(self.envs.get_attr("n_objects")[0])
             source = make_saliency_source(
-                s.saliency,
+                cfg.saliency,
                 camera=camera,
                 n_objects=n_objects,
-                checkpoint=s.saliency_ckpt,
-                sigma=s.saliency_sigma,
+                checkpoint=cfg.saliency_ckpt,
+                sigma=cfg.saliency_sigma,
                 device=self.device,
             )
             self._label = labeller(source, self.device)
@@ -211,21 +186,21 @@ class SACLoop(pl.LightningModule):
         if self.embedder is not None:
             self.embedder.to(self.device)
             spec[self.embedder.key] = ((self.embedder.dim,), np.dtype(np.float32))
-        capacity = s.replay_size if s.replay_size > 0 else s.num_steps // self.world_size
+        capacity = cfg.sac.replay_size if cfg.sac.replay_size > 0 else cfg.num_steps // self.world_size
         # rows beyond transitions: each episode's last observation, and a repeated row per stream at each shard cut
-        capacity += capacity // max(1, s.env.get("episode_length", 500)) + capacity // 100 + 4 * s.num_envs + 2
+        capacity += capacity // max(1, cfg.env.episode_length) + capacity // 100 + 4 * cfg.num_envs + 2
         self.replay = Replay(
-            s.data_dir,
-            num_streams=s.num_envs,
+            self.data_dir,
+            num_streams=cfg.num_envs,
             capacity=capacity,
             buffer_keys=self.agent.obs_keys,
             obs_spec=spec,
             action_dim=self.agent.action_dim,
-            rows_per_shard=s.rows_per_shard,
-            attrs=s.shard_attrs,
-            prefix=s.shard_prefix,
+            rows_per_shard=cfg.rows_per_shard,
+            attrs=self.shard_attrs,
+            prefix=safe_prefix(f"{cfg.name}-{cfg.run}"),
             writer_id=rank,
-            batch_size=s.batch_size,
+            batch_size=cfg.sac.batch_size,
         )
         ranks = (self._restored or {}).get("ranks")
         if ranks is not None and len(ranks) != self.world_size:
@@ -235,34 +210,34 @@ class SACLoop(pl.LightningModule):
         if mine is not None:
             self.rank_vector_steps = int(mine["vector_steps"])
             self._update_debt = float(mine["update_debt"])
-            print(
+            log.info(
                 f"[rank {rank}] resumed at env step {self.env_step}, update {self.num_updates}, "
                 f"{reloaded} transitions reloaded from {len(mine['shards'])} shards"
             )
         # The env's layouts come from the seed given at reset: a resumed run resets with a new one, so it does not
         # replay the episodes it already stored.
-        obs, _ = self.envs.reset(seed=_seed(s.seed, rank, self.env_step, "train-envs"))
+        obs, _ = self.envs.reset(seed=_seed(cfg.seed, rank, self.env_step, "train-envs"))
         self._obs = self._observe(dict(obs))
         self.replay.start(self._obs)
-        self._ep_return = np.zeros(s.num_envs)
-        self._ep_len = np.zeros(s.num_envs, int)
-        self._ep_success = np.zeros(s.num_envs, bool)
-        if rank == 0 and (s.eval_every > 0 or s.eval_final):
+        self._ep_return = np.zeros(cfg.num_envs)
+        self._ep_len = np.zeros(cfg.num_envs, int)
+        self._ep_success = np.zeros(cfg.num_envs, bool)
+        if rank == 0 and (cfg.eval.every > 0 or cfg.eval.final):
             self.evaluator = Evaluator(
                 self._make_envs,
-                s.eval_envs,
-                s.eval_episodes,
-                _seed(s.seed, "eval-envs"),
+                cfg.eval.num_envs,
+                cfg.eval.episodes,
+                _seed(cfg.seed, "eval-envs"),
                 self.agent.obs_keys,
                 # the policy reads what the loop derives from a frame: an embedding, or a map
                 self._observe_for_policy
                 if self.embedder is not None or self._policy_inputs() - {"rgb", "state"}
                 else None,
-                s.eval_strip,
+                cfg.eval.strip_frames,
             )
 
     def on_train_start(self) -> None:
-        s = self.settings
+        cfg = self.cfg
         mine = self._restored["ranks"][self.rank] if self._restored else None
         if mine is not None:  # last, so nothing else consumes random numbers after the restore
             random.setstate(_tuples(mine["rng_python"]))
@@ -274,10 +249,10 @@ class SACLoop(pl.LightningModule):
             self.np_rng.bit_generator.state = mine["rng_sampler"]
         else:
             # each rank its own stream for exploration noise and replay sampling
-            torch.manual_seed(_seed(s.seed, self.rank, "torch"))
-            self.np_rng = np.random.default_rng(_seed(s.seed, self.rank, "sampler"))
+            torch.manual_seed(_seed(cfg.seed, self.rank, "torch"))
+            self.np_rng = np.random.default_rng(_seed(cfg.seed, self.rank, "sampler"))
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.num_updates
-        if s.eval_every > 0 and self.env_step == 0 and self.next_eval == 0:
+        if cfg.eval.every > 0 and self.env_step == 0 and self.next_eval == 0:
             self._evaluate()  # the learning curve starts at the untrained policy
 
     def _policy_inputs(self) -> set[str]:
@@ -287,11 +262,11 @@ class SACLoop(pl.LightningModule):
     def saliency_record(self) -> dict[str, str]:
         """Where the saliency maps the policy reads came from: ``{"saliency": "none" | "picanet" | "oracle"}``
         (and the PiCANet checkpoint). "oracle" is privileged simulator state; the report marks such runs."""
-        s = self.settings
-        source = s.saliency if "saliency" in self._policy_inputs() else "none"
+        cfg = self.cfg
+        source = cfg.saliency if "saliency" in self._policy_inputs() else "none"
         record = {"saliency": source}
         if source == "picanet":
-            record["saliency_ckpt"] = s.saliency_ckpt
+            record["saliency_ckpt"] = cfg.saliency_ckpt
         return record
 
     def _observe(self, obs: dict[str, np.ndarray], for_policy: bool = False) -> dict[str, np.ndarray]:
@@ -312,36 +287,35 @@ class SACLoop(pl.LightningModule):
     # -- the loop ------------------------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        s = self.settings
-        if self.env_step >= s.num_steps:
+        cfg, sac = self.cfg, self.cfg.sac
+        if self.env_step >= cfg.num_steps:
             self.trainer.should_stop = True
             return
         before = self.env_step
         self._env_step()
-        if self.env_step >= s.learning_starts:
-            if before < s.learning_starts and s.initial_updates > 0:
+        if self.env_step >= sac.learning_starts:
+            if before < sac.learning_starts and sac.initial_updates > 0:
                 # the burst: decided from the step count alone, so a resumed run never repeats it
-                self._update_debt += s.initial_updates
+                self._update_debt += sac.initial_updates
             else:
-                self._update_debt += s.num_envs * s.updates_per_step
+                self._update_debt += cfg.num_envs * sac.updates_per_step
             optimizers = SACOptimizers(*self.optimizers())
             while self._update_debt >= 1.0:
                 self._update(optimizers)
                 self._update_debt -= 1.0
-        if s.eval_every > 0 and self.env_step >= self.next_eval:
+        if cfg.eval.every > 0 and self.env_step >= self.next_eval:
             self._evaluate()
-        if self.env_step // s.log_every > self._step_log // s.log_every:
+        if self.env_step // cfg.log_every > self._step_log // cfg.log_every:
             self._log_charts()
-        if self.env_step >= s.num_steps:
+        if self.env_step >= cfg.num_steps:
             last = self.eval_history[-1]["step"] if self.eval_history else None
-            if s.eval_final and last != self.env_step:
+            if cfg.eval.final and last != self.env_step:
                 self._evaluate()
             self.trainer.should_stop = True
 
     def _env_step(self) -> None:
-        s = self.settings
-        n = s.num_envs
-        if self.env_step < s.learning_starts:
+        n = self.cfg.num_envs
+        if self.env_step < self.cfg.sac.learning_starts:
             action = self.np_rng.uniform(-1.0, 1.0, (n, self.agent.action_dim)).astype(np.float32)
         else:
             obs = to_policy_obs(self._obs, self.agent.obs_keys, self.device)
@@ -380,17 +354,10 @@ class SACLoop(pl.LightningModule):
         self._ep_return[done], self._ep_len[done], self._ep_success[done] = 0.0, 0, False
 
     def _update(self, optimizers: SACOptimizers) -> None:
-        s = self.settings
-        batch = batch_to(self.replay.sample(s.batch_size, self.np_rng), self.device)
+        sac = self.cfg.sac
+        batch = batch_to(self.replay.sample(sac.batch_size, self.np_rng), self.device)
         metrics = self.agent.update(
-            batch,
-            optimizers,
-            self.num_updates,
-            actor_update_freq=s.actor_update_freq,
-            target_update_freq=s.target_update_freq,
-            tau=s.tau,
-            encoder_tau=s.encoder_tau,
-            backward=self.manual_backward,
+            batch, optimizers, self.num_updates, **sac.update_kwargs(), backward=self.manual_backward
         )
         self._metrics.update(metrics)  # keeps the actor's latest metrics through critic-only steps
         self.num_updates += 1
@@ -416,8 +383,8 @@ class SACLoop(pl.LightningModule):
         self._t_log, self._step_log, self._updates_log = now, self.env_step, self.num_updates
 
     def _evaluate(self) -> None:
-        s = self.settings
-        self.next_eval = (self.env_step // s.eval_every + 1) * s.eval_every if s.eval_every > 0 else 1 << 62
+        every = self.cfg.eval.every
+        self.next_eval = (self.env_step // every + 1) * every if every > 0 else 1 << 62
         if self.rank != 0 or self.evaluator is None:
             return
         was_training = self.agent.training
@@ -437,12 +404,11 @@ class SACLoop(pl.LightningModule):
         self._write_eval_json()
 
     def _write_eval_json(self) -> None:
-        run_dir = Path(self.settings.run_dir)
         final = self.eval_history[-1] if self.eval_history else None
-        _write_json(
-            run_dir / "eval.json",
+        atomic_write_json(
+            self.run_dir / "eval.json",
             {
-                "task": self.settings.env.get("task"),
+                "task": self.cfg.env.task,
                 **self.saliency_record(),
                 "env_step": self.env_step,
                 "final": final,
@@ -468,7 +434,7 @@ class SACLoop(pl.LightningModule):
             "num_updates": self.num_updates,
             "next_eval": self.next_eval,
             "eval_history": self.eval_history,
-            "settings": _plain(asdict(self.settings)),
+            "settings": _plain(asdict(self.cfg)),
             "ranks": _gather(mine),
         }
 
@@ -496,11 +462,11 @@ class SACLoop(pl.LightningModule):
             "world_size": self.world_size,
             **self.saliency_record(),
             "final_eval": self.eval_history[-1] if self.eval_history else None,
-            "data_dir": str(self.settings.data_dir),
+            "data_dir": str(self.data_dir),
             "ranks": per_rank,
         }
         if self.rank == 0:
-            _write_json(Path(self.settings.run_dir) / "summary.json", self.summary)
+            atomic_write_json(self.run_dir / "summary.json", self.summary)
         self.close()
 
     def close(self) -> None:

@@ -28,9 +28,7 @@ from typing import Any
 import numpy as np
 
 from visarl.data.datamodules import ReplayBuffer, TransitionBatch, TransitionDataModule, chw
-from visarl.data.shards import ShardReader, ShardWriter
-
-_SHARD = re.compile(r"^(?P<prefix>.+)-w(?P<writer>\d+)-(?P<index>\d{6,})\.h5$")
+from visarl.data.shards import ShardReader, ShardWriter, parse_shard_name
 
 
 class Replay:
@@ -148,9 +146,9 @@ class Replay:
         """Shard files of this run's prefix and writer in ``data_dir``, ordered by index."""
         found = []
         for path in self.data_dir.glob(f"*-w{self.writer_id}-*.h5"):
-            m = _SHARD.match(path.name)
-            if m and m["prefix"] == self.prefix and int(m["writer"]) == self.writer_id:
-                found.append((int(m["index"]), path))
+            name = parse_shard_name(path.name)
+            if name and name.prefix == self.prefix and name.writer == self.writer_id:
+                found.append((name.index, path))
         return [p for _, p in sorted(found)]
 
     def restore(self, shards: Sequence[str]) -> int:

@@ -9,7 +9,10 @@ A LightningModule with manual optimization drives it either piece by piece (``en
 ``actor_and_alpha_loss``, ``soft_update_target``) or with one call per step::
 
     optimizers = SACOptimizers(*self.optimizers())
-    metrics = agent.update(batch, optimizers, step, backward=self.manual_backward)
+    metrics = agent.update(batch, optimizers, step, **cfg.sac.update_kwargs(), backward=self.manual_backward)
+
+Hyperparameters have no defaults here: they live in :class:`visarl.rl.stage.SACConfig`, whose ``agent_kwargs``,
+``update_kwargs`` and ``optimizer_kwargs`` give the numbers these functions take.
 """
 
 from __future__ import annotations
@@ -69,8 +72,8 @@ def soft_td_target(
 class SACAgent(nn.Module):
     """Encoder, actor, twin critics, their targets and the temperature.
 
-    Widths are numbers so tests can use narrow heads; the defaults are the paper's (Appendix F).
-    ``target_entropy`` defaults to -|A|; the temperature starts at ``init_temperature`` (0.1, as SAC-AE).
+    Widths are numbers so tests can use narrow heads; the paper's (Appendix F) are :class:`SACConfig`'s defaults.
+    ``target_entropy`` defaults to -|A|; the temperature starts at ``init_temperature``.
     ``encoder_dtype`` (e.g. ``torch.bfloat16``) autocasts the encoder alone; heads, losses and optimizers stay fp32.
     """
 
@@ -78,15 +81,16 @@ class SACAgent(nn.Module):
         self,
         encoder: nn.Module,
         action_dim: int,
-        feature_dim: int = 100,
-        hidden_dim: int = 1024,
-        num_layers: int = 3,
-        discount: float = 0.99,
-        init_temperature: float = 0.1,
+        *,
+        feature_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        discount: float,
+        init_temperature: float,
+        log_std_bounds: tuple[float, float],
+        target_encoder: bool,
         target_entropy: float | None = None,
-        log_std_bounds: tuple[float, float] = (-10.0, 2.0),
         encoder_dtype: torch.dtype | None = None,
-        target_encoder: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -192,7 +196,7 @@ class SACAgent(nn.Module):
         return actor_loss, alpha_loss, metrics
 
     @torch.no_grad()
-    def soft_update_target(self, tau: float = 0.005, encoder_tau: float | None = None) -> None:
+    def soft_update_target(self, tau: float, encoder_tau: float | None = None) -> None:
         """Polyak-average the critic (and a trainable encoder, with ``encoder_tau`` or ``tau``) into the targets."""
         polyak_update(self.critic.parameters(), self.critic_target.parameters(), tau)
         if self.encoder_target is not None:
@@ -213,10 +217,11 @@ class SACAgent(nn.Module):
         batch: TransitionBatch,
         optimizers: SACOptimizers,
         step: int,
-        actor_update_freq: int = 2,
-        target_update_freq: int = 2,
-        tau: float = 0.005,
-        encoder_tau: float | None = None,
+        *,
+        actor_update_freq: int,
+        target_update_freq: int,
+        tau: float,
+        encoder_tau: float | None,
         autocast_dtype: torch.dtype | None = None,
         backward: Callable[[Tensor], None] | None = None,
     ) -> dict[str, Tensor]:
@@ -260,12 +265,12 @@ class SACAgent(nn.Module):
 
 def make_optimizers(
     agent: SACAgent,
-    lr: float = 1e-4,
+    lr: float,
     alpha_lr: float | None = None,
     betas: tuple[float, float] = (0.9, 0.999),
     alpha_betas: tuple[float, float] = (0.9, 0.999),
 ) -> SACOptimizers:
-    """Adam for critic + trainable encoder, actor, and temperature (lr 1e-4 for all by default).
+    """Adam for critic + trainable encoder, actor, and temperature (``alpha_lr`` None: ``lr`` for all three).
 
     Parameters with ``requires_grad=False`` (targets, a frozen encoder) are left out.
     """

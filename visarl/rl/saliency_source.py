@@ -1,9 +1,9 @@
 """Where saliency maps for new frames come from during RL.
 
 In the paper a trained PiCANet predicts saliency online for every new frame (Section III). During RL the
-loop asks a :class:`SaliencySource` for the maps of a batch of frames; the PiCANet-backed source lives with
-the saliency stage. :class:`OracleSaliency` renders Gaussian blobs at known keypoints instead: a perfect
-predictor for tests, ablations and for checking the pipeline before a PiCANet exists.
+loop asks a :class:`~visarl.core.saliency.SaliencySource` for the maps of a batch of frames; the PiCANet-backed
+source lives with the saliency stage. :class:`OracleSaliency` renders Gaussian blobs at known keypoints instead:
+a perfect predictor for tests, ablations and for checking the pipeline before a PiCANet exists.
 
 Maps are returned as uint8 ``[B, 1, H, W]`` (0-255), the same form as stored in the replay shards, so
 stored and online maps go through the encoders identically (``to_unit`` turns them into [0, 1]).
@@ -12,7 +12,6 @@ stored and online maps go through the encoders identically (``to_unit`` turns th
 from __future__ import annotations
 
 import functools
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -21,17 +20,12 @@ import torch
 from torch import Tensor
 
 from visarl.core.maps import COMBINE, COMBINE_MODES, REFERENCE_SIZE, SIGMA, frame_sigma, points_to_maps
+from visarl.core.saliency import SaliencySource
+from visarl.envs import keypoints_from_states
+from visarl.saliency.online import PiCANetSaliency
 
 KeypointFn = Callable[[np.ndarray | None], tuple[np.ndarray, np.ndarray]]
 """states [B, S] -> (keypoints [B, K, 2] pixel (x, y), visible [B, K] bool)."""
-
-
-class SaliencySource(ABC):
-    """Maps a batch of frames (and optionally the simulator states behind them) to saliency maps."""
-
-    @abstractmethod
-    def __call__(self, rgb: Tensor, states: np.ndarray | None) -> Tensor:
-        """rgb uint8 [B, 3, H, W], states [B, S] or None -> saliency uint8 [B, 1, H, W] on rgb's device."""
 
 
 class OracleSaliency(SaliencySource):
@@ -102,15 +96,11 @@ def make_saliency_source(
     if kind == "none":
         return None
     if kind == "oracle":
-        from visarl.envs import keypoints_from_states
-
         if camera is None:
             raise ValueError("the oracle saliency source needs the env's camera model")
         fn = functools.partial(keypoints_from_states, camera=camera, n_objects=n_objects)
         return OracleSaliency(fn, sigma, reference_size, combine)
     if kind == "picanet":
-        from visarl.saliency.online import PiCANetSaliency  # imported lazily: the saliency stage is optional here
-
         return PiCANetSaliency.from_checkpoint(checkpoint, device=device)
     raise ValueError(f"saliency: {kind!r} is not one of {list(SALIENCY_SOURCES)}")
 

@@ -13,25 +13,25 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from visarl.config import ConfigError, RunConfig, choice, to_yaml
+from visarl.core.log import get_logger
 from visarl.core.runtime import build_trainer, checkpoint_dir, quiet_lightning, resume_checkpoint
 from visarl.data.shards import producer_attrs
-from visarl.envs import CAMERAS, STATE_DIM, EnvConfig, env_kwargs
+from visarl.envs import CAMERAS, STATE_DIM, EnvConfig
+from visarl.mae.frozen import FrameEmbedder, load_encoder
 from visarl.registry import RunContext, register_stage
-from visarl.rl.encoders import PIXEL_VARIANTS, IdentityEncoder, make_encoder
+from visarl.rl.encoders import ENCODER_NAMES, PIXEL_VARIANTS, IdentityEncoder, make_encoder
 from visarl.rl.networks import CONV_INITS
-from visarl.rl.replay import safe_prefix
 from visarl.rl.sac import SACAgent
 from visarl.rl.saliency_source import SALIENCY_SOURCES
+from visarl.saliency.picanet import load_picanet
 
-if TYPE_CHECKING:
-    from visarl.mae.frozen import FrameEmbedder
+log = get_logger(__name__)
 
-ENCODERS = ("identity", "cnn", "mmae")
 MOVING_CAMERAS = ("behindGripper", "gripperPOV")
 """Cameras attached to the robot: their pose is not in the state, so the oracle cannot project keypoints."""
 
@@ -95,25 +95,57 @@ class SACConfig:
         if self.log_std_min >= self.log_std_max:
             raise ConfigError(f"sac.log_std_min {self.log_std_min} must be below sac.log_std_max {self.log_std_max}")
 
+    def agent_kwargs(self) -> dict[str, Any]:
+        """The :class:`SACAgent` constructor numbers (the agent takes numbers, never this config)."""
+        return {
+            "feature_dim": self.feature_dim,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "discount": self.discount,
+            "init_temperature": self.init_temperature,
+            "log_std_bounds": (self.log_std_min, self.log_std_max),
+            "target_encoder": self.target_encoder,
+        }
+
+    def update_kwargs(self) -> dict[str, Any]:
+        """The schedule keywords of :meth:`SACAgent.update`."""
+        return {
+            "actor_update_freq": self.actor_update_freq,
+            "target_update_freq": self.target_update_freq,
+            "tau": self.tau,
+            "encoder_tau": self.encoder_tau,
+        }
+
+    def optimizer_kwargs(self) -> dict[str, float]:
+        """The learning rates of :func:`make_optimizers`."""
+        return {"lr": self.lr, "alpha_lr": self.alpha_lr}
+
 
 @dataclass
-class EvalConfig:
-    """Periodic evaluation with the deterministic policy (the mean action)."""
+class RolloutEvalConfig:
+    """Periodic success-rate evaluation with the deterministic policy (the mean action): what rl's and the probe's
+    ``eval:`` sections share; each stage's subclass adds its own fields."""
 
     every: int = 10_000
-    """Env steps between evaluations (authors' setting: 10k); 0 evaluates only at the end (if ``final``)."""
+    """Env steps between evaluations (authors' setting: 10k); 0 evaluates only at the end (rl: if ``final``)."""
     episodes: int = 50
-    """Episodes per evaluation (paper: 50 rollouts, Table I)."""
+    """Episodes per evaluation (paper: 50 rollouts, Table I; R3M: 50)."""
     num_envs: int = 5
     """Evaluation envs stepping in parallel (worker processes when ``async_envs``)."""
-    final: bool = True
-    """Also evaluate when training ends (if the last periodic evaluation was earlier)."""
     strip_frames: int = 8
     """Frames of one evaluation rollout shown side by side in TensorBoard."""
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.episodes < 1 or self.num_envs < 1 or self.strip_frames < 1:
             raise ConfigError(f"eval: every must be >= 0, episodes, num_envs and strip_frames >= 1 (got {self})")
+
+
+@dataclass
+class EvalConfig(RolloutEvalConfig):
+    """Periodic evaluation with the deterministic policy (the mean action)."""
+
+    final: bool = True
+    """Also evaluate when training ends (if the last periodic evaluation was earlier)."""
 
 
 @dataclass
@@ -200,13 +232,13 @@ class RLConfig(SACRunConfig):
     rgb; 0.00392156862745098 (1/255) restores the authors' double division by 255 (docs/fidelity.md)."""
     encoder_precision: str = "auto"
     """'bf16' autocasts the encoder alone (heads, losses, optimizer stay fp32); '32' keeps it fp32. 'auto' is bf16
-    for the paper's CNN on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32 (see ``native_bf16``): on this
-    project's CPU it makes paper-CNN updates 1.6x faster (benchmarks/sac_updates.py), and benchmarks/bf16_reach.py
-    shows it moves what SAC learns on reach far less than a change of seed does."""
+    for the paper's CNN on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32 (see ``native_bf16``): there it
+    makes paper-CNN updates faster (benchmarks/sac_updates.py times it), and benchmarks/bf16_reach.py shows it
+    moves what SAC learns on reach far less than a change of seed does."""
 
     def __post_init__(self) -> None:
         self._check_loop()
-        choice("encoder", self.encoder, ENCODERS)
+        choice("encoder", self.encoder, ENCODER_NAMES)
         if self.encoder == "cnn":
             choice("variant", self.variant, list(PIXEL_VARIANTS))
         elif self.encoder == "mmae":
@@ -259,9 +291,9 @@ class RLConfig(SACRunConfig):
 def native_bf16(accelerator: str) -> bool:
     """Whether ``encoder_precision: auto`` picks bf16: only on a CPU with native bf16 convolutions.
 
-    There bf16 makes paper-CNN updates ~1.6x faster. On an H100 the SAC update is launch-bound (about 20 ms for
-    both fp32 and bf16 at batch 128: 52.8 vs 49.9 updates/s), so GPUs keep fp32; ``trainer.precision=bf16-mixed``
-    or ``encoder_precision: bf16`` still ask for bf16 there.
+    There bf16 makes paper-CNN updates faster. On a GPU the SAC update at batch 128 is bound by kernel launches,
+    not arithmetic, so bf16 gains nothing measurable and GPUs keep fp32; ``trainer.precision=bf16-mixed`` or
+    ``encoder_precision: bf16`` still ask for bf16 there.
     """
     if accelerator in ("gpu", "cuda", "mps", "tpu") or (accelerator == "auto" and torch.cuda.is_available()):
         return False
@@ -278,8 +310,6 @@ def build_embedder(
     Raises ``ConfigError`` naming the file when it is not a MultiMAE checkpoint, lacks an input, or was trained
     at another image size than the env renders.
     """
-    from visarl.mae import FrameEmbedder, load_encoder
-
     inputs = tuple(modalities) or PIXEL_VARIANTS[variant].obs_keys
     try:
         module = load_encoder(encoder_ckpt, inputs, pooling)
@@ -294,54 +324,48 @@ def build_embedder(
     return FrameEmbedder(module)
 
 
-def build_agent(
-    cfg: SACRunConfig,
-    encoder: str,
-    variant: str,
-    *,
-    encoder_ckpt: str = "",
-    modalities: tuple[str, ...] = (),
-    pooling: str = "mean",
-    cnn_layers: int = 11,
-    cnn_filters: int = 32,
-    cnn_options: dict[str, Any] | None = None,
-    encoder_precision: str = "32",
-) -> tuple[SACAgent, FrameEmbedder | None]:
-    """The SAC agent of a config (observation shapes from ``cfg.env``), and the frame embedder it reads.
+def agent_encoder(cfg: SACRunConfig) -> str:
+    """The encoder a SAC config asks for: an rl config's ``encoder``; the state for any other (collect)."""
+    return cfg.encoder if isinstance(cfg, RLConfig) else "identity"
 
-    For ``encoder: mmae`` the frozen MultiMAE is not part of the agent: a :class:`FrameEmbedder` encodes each
-    frame once, when it is observed, and the agent reads the stored embedding (observation key
-    ``embedder.key``). Every other encoder returns ``None`` as the embedder. ``cnn_options`` are further keyword
-    arguments of :func:`make_encoder` for the CNN (``first_padding``, ``last_relu``, ``center``, ...).
+
+def encoder_dtype(cfg: SACRunConfig) -> torch.dtype | None:
+    """The autocast dtype of the CNN encoder (``encoder_precision``, 'auto' resolved); None for other encoders."""
+    if agent_encoder(cfg) != "cnn":
+        return None
+    precision = cfg.encoder_precision
+    if precision == "auto":
+        precision = "bf16" if native_bf16(cfg.trainer.accelerator) else "32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def build_agent(cfg: SACRunConfig) -> tuple[SACAgent, FrameEmbedder | None]:
+    """The SAC agent of a config (observation shapes from ``cfg.env``, heads from ``cfg.sac``), and the frame
+    embedder it reads.
+
+    An rl config picks the encoder (``encoder``, ``variant``, the ``cnn_*`` fields, ``encoder_ckpt``); any other
+    SAC config (collect's ``policy: sac_state``) reads the 39-d state. For ``encoder: mmae`` the frozen MultiMAE
+    is not part of the agent: a :class:`FrameEmbedder` encodes each frame once, when it is observed, and the agent
+    reads the stored embedding (observation key ``embedder.key``). Every other encoder returns ``None`` as the
+    embedder.
     """
-
-    if encoder_precision == "auto":
-        encoder_precision = "bf16" if encoder == "cnn" and native_bf16(cfg.trainer.accelerator) else "32"
-
     size = cfg.env.image_size
     shapes = {"rgb": (3, size, size), "saliency": (1, size, size), "state": (STATE_DIM,)}
-    embedder = None
+    encoder, embedder = agent_encoder(cfg), None
     if encoder == "identity":
         enc = make_encoder("identity", "", shapes)
     elif encoder == "cnn":
         enc = make_encoder(
-            "cnn", variant, shapes, num_layers=cnn_layers, num_filters=cnn_filters, **(cnn_options or {})
+            "cnn", cfg.variant, shapes, num_layers=cfg.cnn_layers, num_filters=cfg.cnn_filters, **cfg.cnn_options()
         )
     else:
-        embedder = build_embedder(encoder_ckpt, variant, modalities, pooling, size)
+        embedder = build_embedder(cfg.encoder_ckpt, cfg.variant, tuple(cfg.modalities), cfg.pooling, size)
         enc = IdentityEncoder(embedder.dim, key=embedder.key)
-    s = cfg.sac
     agent = SACAgent(
         enc,
         action_dim=4,  # Meta-World: end-effector xyz delta + gripper torque (Sec. IV)
-        feature_dim=s.feature_dim,
-        hidden_dim=s.hidden_dim,
-        num_layers=s.num_layers,
-        discount=s.discount,
-        init_temperature=s.init_temperature,
-        log_std_bounds=(s.log_std_min, s.log_std_max),
-        encoder_dtype=torch.bfloat16 if encoder_precision == "bf16" and encoder == "cnn" else None,
-        target_encoder=s.target_encoder,
+        encoder_dtype=encoder_dtype(cfg),
+        **cfg.sac.agent_kwargs(),
     )
     return agent, embedder
 
@@ -405,44 +429,12 @@ def fit_sac(
     embedder: FrameEmbedder | None = None,
 ) -> dict[str, Any]:
     """Train ``agent`` with the SAC loop of ``cfg`` in ``ctx.run_dir``; resumes from its last checkpoint."""
-    from visarl.rl.module import EnvStepCheckpoint, LoopSettings, SACLoop, clock_loader
+    # lazy: the Lightning loop loads when SAC trains, not when --list-stages imports this module
+    from visarl.rl.module import EnvStepCheckpoint, SACLoop, clock_loader
 
-    s, e = cfg.sac, cfg.eval
-    settings = LoopSettings(
-        env=env_kwargs(cfg.env),
-        num_steps=cfg.num_steps,
-        num_envs=cfg.num_envs,
-        async_envs=cfg.async_envs,
-        seed=cfg.seed,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        alpha_lr=s.alpha_lr,
-        tau=s.tau,
-        encoder_tau=s.encoder_tau,
-        actor_update_freq=s.actor_update_freq,
-        target_update_freq=s.target_update_freq,
-        learning_starts=s.learning_starts,
-        initial_updates=s.initial_updates,
-        updates_per_step=s.updates_per_step,
-        replay_size=s.replay_size,
-        data_dir=str(data_dir),
-        rows_per_shard=cfg.rows_per_shard,
-        shard_prefix=safe_prefix(f"{cfg.name}-{cfg.run}"),
-        shard_attrs=shard_attrs,
-        saliency=cfg.saliency,
-        saliency_ckpt=cfg.saliency_ckpt,
-        saliency_sigma=cfg.saliency_sigma,
-        eval_every=e.every,
-        eval_episodes=e.episodes,
-        eval_envs=e.num_envs,
-        eval_final=e.final,
-        eval_strip=e.strip_frames,
-        log_every=cfg.log_every,
-        run_dir=str(ctx.run_dir),
-    )
     if embedder is not None:  # the shards record which encoder produced the embeddings they store
         shard_attrs = {**shard_attrs, embedder.key: embedder.describe()}
-    loop = SACLoop(agent, settings, embedder)
+    loop = SACLoop(agent, cfg, run_dir=ctx.run_dir, data_dir=data_dir, shard_attrs=shard_attrs, embedder=embedder)
     ckpt_dir = checkpoint_dir(ctx.run_dir)
     ckpt_path = resume_checkpoint(ctx.run_dir, ctx.resume, cfg.stage)
     purge_step = None  # on resume, hide the TensorBoard events the killed run logged after its checkpoint
@@ -490,8 +482,6 @@ def check_saliency_source(cfg: SACRunConfig) -> None:
     """``saliency: picanet`` needs a readable PiCANet weights file: a ``ConfigError`` naming it otherwise."""
     if cfg.saliency != "picanet":
         return
-    from visarl.saliency.picanet import load_picanet
-
     try:
         load_picanet(cfg.saliency_ckpt)
     except ValueError as e:  # missing, foreign, corrupt or mismatched weights; the message names the file
@@ -510,20 +500,9 @@ def check_rl(cfg: RLConfig) -> None:
 def run_rl(cfg: RLConfig, ctx: RunContext) -> dict[str, Any]:
     """Train SAC per ``cfg``; shards in ``data_dir`` (default <run_dir>/replay), eval.json in the run dir."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir else ctx.run_dir / "replay"
-    agent, embedder = build_agent(
-        cfg,
-        cfg.encoder,
-        cfg.variant,
-        encoder_ckpt=cfg.encoder_ckpt,
-        modalities=tuple(cfg.modalities),
-        pooling=cfg.pooling,
-        cnn_layers=cfg.cnn_layers,
-        cnn_filters=cfg.cnn_filters,
-        cnn_options=cfg.cnn_options(),
-        encoder_precision=cfg.encoder_precision,
-    )
+    agent, embedder = build_agent(cfg)
     if cfg.encoder == "cnn":
         chosen = "bf16" if agent.encoder_dtype == torch.bfloat16 else "32"
-        print(f"rl: encoder precision {chosen}" + (" (auto)" if cfg.encoder_precision == "auto" else ""))
+        log.info(f"rl: encoder precision {chosen}" + (" (auto)" if cfg.encoder_precision == "auto" else ""))
     attrs = producer_attrs(cfg.env, to_yaml(cfg))
     return fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs, embedder=embedder)

@@ -19,7 +19,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from visarl.annotate.store import AnnotationStore, FrameRef, load_annotations
 from visarl.core.maps import COMBINE, REFERENCE_SIZE, SIGMA
+from visarl.data.shards import open_shards
+from visarl.envs import MetaWorldPixelEnv, keypoint_names
 
 KINDS = ("gripper", "object", "goal")
 """Keypoint kinds a person clicks on (ViSaRL Sec. III-B): the end effector, the task's objects, the goal."""
@@ -129,8 +132,6 @@ class SaliencyDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        from visarl.annotate.store import load_annotations
-
         ann = load_annotations(self.path)  # ValueError naming the file if it is not an export
         train, val = split_indices(len(ann.frames), self.val_fraction, self.seed)
         if self.num_train > 0:
@@ -184,10 +185,6 @@ def keypoint_annotations(
     A deterministic stand-in for a person (and for the simulated annotator): the maps are exactly Gaussians at
     the keypoints, so a predictor's errors are its own. Uses the shards' ``task`` and ``camera`` attributes.
     """
-    from visarl.annotate.store import AnnotationStore, FrameRef
-    from visarl.data.shards import open_shards
-    from visarl.envs import MetaWorldPixelEnv, keypoint_names
-
     readers = open_shards(data_dir)
     if not readers:
         raise ValueError(f"{data_dir}: no shards to annotate")

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from visarl.saliency.metrics import GT_THRESHOLD, FMeasure, MeanAbsoluteError
-from visarl.saliency.picanet import PiCANet, deep_supervision_loss, to_frame_size, to_net_input
+from visarl.saliency.picanet import SALIENCY_LOSSES, PiCANet, deep_supervision_loss, to_frame_size, to_net_input
 
 
 class SaliencyModule(pl.LightningModule):
@@ -40,12 +40,12 @@ class SaliencyModule(pl.LightningModule):
         lr_decay: float = 0.1,
         lr_decay_at: Sequence[float] = (0.35, 0.7),
         side_weights: Sequence[float] = (0.5, 0.8, 0.8, 1.0),
-        loss: str = "bce",
+        loss: str = "weighted_mse",
         num_images: int = 6,
     ) -> None:
         super().__init__()
-        if loss not in ("bce", "mse"):
-            raise ValueError(f"loss must be 'bce' or 'mse', got {loss!r}")
+        if loss not in SALIENCY_LOSSES:
+            raise ValueError(f"loss must be one of {SALIENCY_LOSSES}, got {loss!r}")
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         # The net's own numbers travel in the checkpoint, so it can be rebuilt without the config.

@@ -1,4 +1,4 @@
-"""PiCANet as a :class:`~visarl.rl.saliency_source.SaliencySource`: saliency for frames never seen before.
+"""PiCANet as a :class:`~visarl.core.saliency.SaliencySource`: saliency for frames never seen before.
 
 ViSaRL predicts saliency online during RL with the trained PiCANet (Sec. III): the RL loop hands over a batch of
 frames from its vectorized envs and gets uint8 maps back, in the same form as the maps the ``label`` stage
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from visarl.rl.saliency_source import SaliencySource
+from visarl.core.saliency import SaliencySource
 from visarl.saliency.picanet import PiCANet, load_picanet, to_frame_size, to_net_input
 
 PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -57,7 +57,7 @@ class PiCANetSaliency(SaliencySource):
         self.channels_last = channels_last
         self.net = net.to(self.device).eval()
         if channels_last:
-            # oneDNN's convolutions run about 1.5x faster on NHWC tensors on the CPU (and cuDNN's on tensor cores).
+            # oneDNN's convolutions are faster on NHWC tensors on the CPU (and cuDNN's on tensor cores).
             self.net = self.net.to(memory_format=torch.channels_last)
         for p in self.net.parameters():
             p.requires_grad_(False)

@@ -32,6 +32,7 @@ import numpy as np
 
 from visarl.config import ConfigError, RunConfig, choice
 from visarl.core.io import atomic_copy, atomic_write_json
+from visarl.core.log import get_logger
 from visarl.core.runtime import (
     build_trainer,
     checkpoint_callbacks,
@@ -41,7 +42,9 @@ from visarl.core.runtime import (
 )
 from visarl.registry import RunContext, register_stage
 from visarl.saliency.data import default_annotations, default_weights
-from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, side_strides
+from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, SALIENCY_LOSSES, side_strides
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -87,8 +90,9 @@ class SaliencyConfig(RunConfig):
     """Fractions of the epochs where the LR is multiplied by lr_decay (PiCANet's solver: 7k and 14k of 20k)."""
     side_weights: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.8, 1.0])
     """Deep-supervision weights of the finest side outputs; coarser ones take the first (PiCANet)."""
-    loss: str = "bce"
-    """Per-side loss: 'bce' (PiCANet) or 'mse'."""
+    loss: str = "weighted_mse"
+    """Per-side loss: 'weighted_mse' (the paper's WeightedMSE, Table III), 'bce' (PiCANet's, and what the authors'
+    code trains with) or 'mse'. See docs/fidelity.md."""
     val_fraction: float = 0.2
     """Share of the annotated frames held out (paper: 20%); the split is fixed by the seed."""
     selection: str = "last"
@@ -110,7 +114,7 @@ class SaliencyConfig(RunConfig):
     """DataLoader worker processes (0: load in the main process; the data is ~30 frames in memory)."""
 
     def __post_init__(self) -> None:
-        choice("loss", self.loss, ["bce", "mse"])
+        choice("loss", self.loss, list(SALIENCY_LOSSES))
         choice("decoder", self.decoder, list(DECODERS))
         if self.input_size < 8 or self.input_size % 8:
             raise ConfigError(f"input_size: must be a positive multiple of 8, got {self.input_size}")
@@ -260,7 +264,7 @@ def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     if trainer.is_global_zero:
         atomic_write_json(ctx.run_dir / "saliency.json", summary)
         f, b = final, best
-        print(
+        log.info(
             f"saliency: held-out F(max/adaptive) {f['f_max']:.3f}/{f['f_adaptive']:.3f}, MAE {f['mae']:.4f} (final); "
             f"{b['f_max']:.3f}/{b['f_adaptive']:.3f}, {b['mae']:.4f} (selected: {cfg.selection}) -> {weights}"
         )
@@ -305,8 +309,7 @@ class LabelConfig(RunConfig):
 def _label_inputs(cfg: LabelConfig) -> tuple[Path, list[Path], Path]:
     """The shard directory, its shards (each opened and validated) and the PiCANet weights; ConfigError if any is
     missing or unreadable."""
-    from visarl.data.collect import default_data_dir
-    from visarl.data.shards import ShardError, list_shards
+    from visarl.data.shards import ShardError, default_data_dir, list_shards
 
     data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
     try:
@@ -363,7 +366,7 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
             todo.append((path, len(reader.frame_indices()), len(reader)))
         reader.close()
     total_rows = sum(n for _, _, n in todo)
-    print(f"label: {len(todo)} shards ({total_rows} rows) to label, {len(skipped)} already labelled, on {device}")
+    log.info(f"label: {len(todo)} shards ({total_rows} rows) to label, {len(skipped)} already labelled, on {device}")
 
     tb = SummaryWriter(str(ctx.run_dir))
     done_rows, t_infer = 0, 0.0
@@ -414,5 +417,5 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
         "inference_fps": done_rows / t_infer if t_infer > 0 else 0.0,
     }
     atomic_write_json(ctx.run_dir / "label.json", summary)
-    print(f"label: {done_rows} frames in {len(todo)} shards, {summary['fps']:.1f} frames/s ({len(skipped)} skipped)")
+    log.info(f"label: {done_rows} frames in {len(todo)} shards, {summary['fps']:.1f} frames/s ({len(skipped)} skipped)")
     return summary

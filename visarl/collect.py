@@ -6,6 +6,9 @@ only, an alternative to state-SAC replay for building a pretraining dataset quic
 ``policy: sac_state`` trains state-based SAC on the task with the
 SAC loop of ``stage: rl`` (:func:`visarl.rl.stage.fit_sac`), rendering and storing every frame: its replay is the
 paper's 200k-frame pretraining dataset (Sec. II-C), and it resumes from checkpoints like any SAC run.
+
+A stage runner beside :mod:`visarl.pipeline`: it combines storage (:mod:`visarl.data`) with the SAC loop
+(:mod:`visarl.rl`), so it sits above both and neither knows the other.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ import numpy as np
 from tqdm import tqdm
 
 from visarl.config import ConfigError, choice, to_yaml
-from visarl.data.shards import ShardWriter, list_shards, producer_attrs, summarize
+from visarl.core.io import atomic_write_json
+from visarl.core.log import get_logger
+from visarl.data.shards import ShardWriter, default_data_dir, list_shards, producer_attrs, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
+from visarl.envs.experts import ScriptedExpert
 from visarl.registry import RunContext, register_stage
 from visarl.rl.stage import EvalConfig, SACRunConfig, build_agent, check_saliency_source, fit_sac
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -66,10 +74,6 @@ class CollectConfig(SACRunConfig):
         return None if self.policy == "sac_state" else frozenset({"enable_progress_bar"})
 
 
-def default_data_dir(task: str) -> Path:
-    return Path("data") / task / "replay"
-
-
 @register_stage("collect", CollectConfig, check=check_saliency_source)
 def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     """Collect ``cfg.num_steps`` transitions; on resume, only what the run's shards still lack."""
@@ -87,7 +91,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         )
     remaining = cfg.num_steps - done_steps
     if remaining <= 0:
-        print(f"collect: nothing left to do, {done_steps} steps already in {data_dir}")
+        log.info(f"collect: nothing left to do, {done_steps} steps already in {data_dir}")
         return summarize(data_dir)
 
     attrs = producer_attrs(cfg.env, to_yaml(cfg))
@@ -97,12 +101,10 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     rng = np.random.default_rng(seed)
     expert = None
     if cfg.policy == "scripted":
-        from visarl.envs.experts import ScriptedExpert
-
         expert = ScriptedExpert(cfg.env.task, cfg.action_noise, rng)
     writer = ShardWriter(data_dir, rows_per_shard=cfg.rows_per_shard, attrs=attrs)
 
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # lazy: --list-stages imports this module, not TensorBoard
 
     tb = SummaryWriter(str(ctx.run_dir))
     obs, _ = envs.reset(seed=seed)
@@ -158,15 +160,15 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         writer.close()
         envs.close()
         tb.close()
-        state_file.write_text(json.dumps({"steps_written": done_steps + steps}))
+        atomic_write_json(state_file, {"steps_written": done_steps + steps})
     summary = summarize(data_dir)
     summary.update(data_dir=str(data_dir), episodes_finished=len(returns), fps=steps / (time.perf_counter() - t0))
     if returns:
         summary["mean_return"] = float(np.mean(returns))
         summary["success_rate"] = float(np.mean(successes))
     summary["policy"] = cfg.policy
-    (ctx.run_dir / "collect.json").write_text(json.dumps(summary, indent=2))
-    print(
+    atomic_write_json(ctx.run_dir / "collect.json", summary)
+    log.info(
         f"collect: wrote {done_steps + steps} steps of {cfg.env.task} to {data_dir} ({len(writer.shard_paths)} shards)"
     )
     return summary
@@ -180,7 +182,7 @@ def _collect_sac_state(cfg: CollectConfig, ctx: RunContext, data_dir: Path) -> d
             "pass append=true to add to them or data_dir=<another folder>"
         )
     attrs = producer_attrs(cfg.env, to_yaml(cfg))
-    agent, _ = build_agent(cfg, "identity", "")  # the 39-d state: SAC learns the task fast, frames are only stored
+    agent, _ = build_agent(cfg)  # the 39-d state: SAC learns the task fast, frames are only stored
     t0 = time.perf_counter()
     result = fit_sac(cfg, ctx, agent, data_dir=data_dir, shard_attrs=attrs)
     summary = summarize(data_dir)
@@ -192,6 +194,6 @@ def _collect_sac_state(cfg: CollectConfig, ctx: RunContext, data_dir: Path) -> d
         final_eval=result.get("final_eval"),
         seconds=time.perf_counter() - t0,
     )
-    (ctx.run_dir / "collect.json").write_text(json.dumps(summary, indent=2))
-    print(f"collect: {cfg.num_steps} SAC steps of {cfg.env.task} stored in {data_dir}")
+    atomic_write_json(ctx.run_dir / "collect.json", summary)
+    log.info(f"collect: {cfg.num_steps} SAC steps of {cfg.env.task} stored in {data_dir}")
     return summary
