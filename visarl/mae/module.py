@@ -4,10 +4,10 @@ The network and loss are passed in (plain nn.Modules); this module holds the ste
 floats on the device, the paired flip (or crop), Dirichlet masking, the reconstruction terms, AdamW with the
 per-step warmup + cosine schedule, and logging (each loss term, lr, images/s, Figure-6 reconstruction grids).
 
-Randomness (crops, masks) comes from one generator per rank seeded from ``(seed, rank, global_step)`` when fitting
-starts, so DDP ranks draw different masks (as MultiMAE seeds ``seed + rank``) and a resumed run does not replay the
-draws of its first steps. Validation uses the same masks every epoch (a generator reseeded from ``seed``), so
-``val/loss`` compares weights, not mask luck.
+Randomness (crops, masks) comes from one generator per rank seeded from ``(seed, rank, global_step)`` when each
+training epoch starts, so DDP ranks draw different masks (as MultiMAE seeds ``seed + rank``) and a run resumed at an
+epoch boundary draws what a run never stopped would have. Validation uses the same masks every epoch (a generator
+reseeded from ``seed``), so ``val/loss`` compares weights, not mask luck.
 """
 
 from __future__ import annotations
