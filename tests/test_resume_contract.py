@@ -3,14 +3,14 @@ pretrain, rl): a real ``python -m visarl.fit`` killed with SIGKILL after its sec
 ``--resume`` starts from its latest checkpoint, never from the best one, and finishes with what a run that was
 never killed writes.
 
-``collect`` with ``policy: random`` or ``scripted`` is not here: it keeps no checkpoint while it runs (its
-``collect_state.json`` is written once, when it stops), so there is no second checkpoint to kill it after.
+``collect`` is here twice: ``policy: sac_state`` (SAC checkpoints) and ``policy: random`` (the transitions of its
+completed shards, ``collect_state.json``; ``scripted`` shares that code).
 
 Label and pretrain are deterministic across a resume, so their outputs are compared value for value (pretrain's
 every logged metric but throughput, every weight of encoder.pt). The others are compared by what is deterministic:
 counters, step indices, dataset sizes, file names, tensor names and shapes.
-- rl and collect (sac_state): a resumed run resets its envs with a new seed so that it does not replay the episodes
-  it already stored.
+- rl and collect: a resumed run resets its envs with a new seed so that it does not replay the episodes it already
+  stored.
 - saliency: the first data loader iterator of a resumed fit, with its shuffle and augmentations, draws from torch's
   global generator, which Lightning does not checkpoint.
 Pretrain is made to plateau (a learning rate below float32 resolution, fixed validation masks) so that its best
@@ -127,6 +127,24 @@ def label_progress(run_dir: Path) -> Progress | None:
     return done, done
 
 
+def collect_state_progress(run_dir: Path) -> Progress | None:
+    state = run_dir / "collect_state.json"
+    if not state.is_file():
+        return None
+    saved = json.loads(state.read_text())
+    return int(saved["shards"]), int(saved["steps_written"])
+
+
+def random_collect_outputs(run_dir: Path, own: Path) -> dict[str, Any]:
+    info = dataset_info(own / "data")
+    return {
+        "files": files(run_dir),
+        "transitions": (json.loads((run_dir / "collect.json").read_text())["transitions"], info.transitions),
+        "fields": sorted(info.fields),
+        "state": json.loads((run_dir / "collect_state.json").read_text())["steps_written"],
+    }
+
+
 def rl_outputs(run_dir: Path, own: Path) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
     curve = json.loads((run_dir / "eval.json").read_text())["curve"]
@@ -222,6 +240,13 @@ STAGES = {
         sac_progress(10),
         lambda starts, summary: starts[0].env_step,
         collect_outputs,
+    ),
+    "collect_random": Stage(
+        "conf/collect/random_tiny.yaml",  # 20-step episodes, 32 rows a shard: ~6 shards
+        lambda i, own: [f"data_dir={own / 'data'}", "num_steps=180"],
+        collect_state_progress,
+        lambda starts, summary: summary["resumed_from"],
+        random_collect_outputs,
     ),
     "saliency": Stage(
         "conf/saliency/tiny.yaml",

@@ -5,7 +5,9 @@
 only, an alternative to state-SAC replay for building a pretraining dataset quickly.
 ``policy: sac_state`` trains state-based SAC on the task with the
 SAC loop of ``stage: rl`` (:func:`visarl.rl.stage.fit_sac`), rendering and storing every frame: its replay is the
-paper's 200k-frame pretraining dataset (Sec. II-C), and it resumes from checkpoints like any SAC run.
+paper's 200k-frame pretraining dataset (Sec. II-C), and it resumes from checkpoints like any SAC run. The other
+policies checkpoint after each completed shard (``collect_state.json``: the transitions in complete shards), so a
+killed run resumed with ``--resume`` collects only the rest, from freshly seeded envs.
 
 A stage runner beside :mod:`visarl.pipeline`: it combines storage (:mod:`visarl.data`) with the SAC loop
 (:mod:`visarl.rl`), so it sits above both and neither knows the other.
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from visarl.config import ConfigError, choice, to_yaml
 from visarl.core.io import atomic_write_json
 from visarl.core.log import get_logger
-from visarl.data.shards import ShardWriter, default_data_dir, list_shards, producer_attrs, summarize
+from visarl.data.shards import ShardReader, ShardWriter, default_data_dir, list_shards, producer_attrs, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
 from visarl.envs.experts import ScriptedExpert
 from visarl.registry import RunContext, register_stage
@@ -81,9 +83,10 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     if cfg.policy == "sac_state":
         return _collect_sac_state(cfg, ctx, data_dir)
     state_file = ctx.run_dir / "collect_state.json"
-    done_steps = 0
+    done_steps = done_shards = 0
     if ctx.resume and state_file.exists():
-        done_steps = int(json.loads(state_file.read_text())["steps_written"])
+        state = json.loads(state_file.read_text())
+        done_steps, done_shards = int(state["steps_written"]), int(state.get("shards", 0))
     elif list_shards(data_dir) and not cfg.append and not ctx.resume:
         raise ConfigError(
             f"data_dir {data_dir} already holds {len(list_shards(data_dir))} shards; "
@@ -115,7 +118,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     ep_success = np.zeros(cfg.num_envs, dtype=bool)  # success at any step of the running episode
     returns: list[float] = []
     successes: list[float] = []
-    steps = 0
+    steps = durable = counted = 0  # transitions stepped; of those, the ones in the first `counted` completed shards
     t0 = time.perf_counter()
     bar = tqdm(
         total=remaining,
@@ -151,6 +154,10 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
                     tb.add_scalar("charts/episode_success", float(ep_success[i]), done_steps + steps)
                     ep_return[i], ep_success[i] = 0.0, False
             bar.update(steps - before)
+            if len(writer.shard_paths) > counted:  # a shard was completed: its transitions are durable, a checkpoint
+                durable += _transitions_in(writer.shard_paths[counted:])
+                counted = len(writer.shard_paths)
+                _save_state(state_file, done_steps + durable, done_shards + counted)
             fps = steps / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(fps=f"{fps:.0f}", episodes=len(returns), refresh=False)
             if steps // 100 != before // 100:
@@ -160,9 +167,10 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         writer.close()
         envs.close()
         tb.close()
-        atomic_write_json(state_file, {"steps_written": done_steps + steps})
+        _save_state(state_file, done_steps + steps, done_shards + len(writer.shard_paths))
     summary = summarize(data_dir)
     summary.update(data_dir=str(data_dir), episodes_finished=len(returns), fps=steps / (time.perf_counter() - t0))
+    summary["resumed_from"] = done_steps
     if returns:
         summary["mean_return"] = float(np.mean(returns))
         summary["success_rate"] = float(np.mean(successes))
@@ -172,6 +180,22 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
         f"collect: wrote {done_steps + steps} steps of {cfg.env.task} to {data_dir} ({len(writer.shard_paths)} shards)"
     )
     return summary
+
+
+def _transitions_in(shards: list[Path]) -> int:
+    total = 0
+    for path in shards:
+        reader = ShardReader(path)
+        try:
+            total += len(reader.transition_indices())
+        finally:
+            reader.close()
+    return total
+
+
+def _save_state(path: Path, steps_written: int, shards: int) -> None:
+    """``collect_state.json``: the transitions in the run's complete shards (what --resume need not collect again)."""
+    atomic_write_json(path, {"steps_written": steps_written, "shards": shards})
 
 
 def _collect_sac_state(cfg: CollectConfig, ctx: RunContext, data_dir: Path) -> dict:
