@@ -164,7 +164,8 @@ def main() -> None:
     device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() and not args.cpu else "CPU"
     print(
         f"settings: input {args.input_size} px, width_mult {args.width}, {args.epochs} epochs, batch 16, AdamW 3e-4, "
-        f"loss {args.loss or 'stage default'}, precision {args.precision}, annotator {args.annotator}, {device} ({torch.get_num_threads()} threads)"
+        f"loss {args.loss or 'stage default'}, precision {args.precision}, annotator {args.annotator}, "
+        f"{device} ({torch.get_num_threads()} threads)"
     )
 
     results = {}
