@@ -162,12 +162,14 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert torch.load(target, weights_only=True)["x"].sum() == 2
 
 
-def test_rl_progress_bar_counts_env_steps_to_a_total(tmp_path, capfd):
+def test_rl_progress_bars_count_env_steps_and_eval_episodes_to_a_total(tmp_path, capfd):
     from visarl.fit import run
 
-    run("conf/rl/tiny.yaml", [f"output_dir={tmp_path}", "run=r", "trainer.enable_progress_bar=true", "eval.every=0"])
+    overrides = ["trainer.enable_progress_bar=true", "eval.every=60", "eval.episodes=3", "eval.num_envs=1"]
+    run("conf/rl/tiny.yaml", [f"output_dir={tmp_path}", "run=r", *overrides])
     out = capfd.readouterr()
     text = (out.out + out.err).replace("\r", "\n")
     assert "rl reach: 100%" in text and "60/60" in text
+    assert "eval @ 60: 100%" in text and "3/3" in text  # the evaluation's own bar, over its episodes
     assert "0/?" not in text  # no bar without a total
     assert "Tip:" not in text and "LeafSpec" not in text

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from visarl.config import ConfigError, choice, to_yaml
 from visarl.core.io import atomic_write_json
 from visarl.core.log import get_logger
+from visarl.core.progress import progress
 from visarl.data.shards import ShardReader, ShardWriter, default_data_dir, list_shards, producer_attrs, summarize
 from visarl.envs import EnvConfig, env_kwargs, make_vector_env
 from visarl.envs.experts import ScriptedExpert
@@ -120,13 +120,7 @@ def run_collect(cfg: CollectConfig, ctx: RunContext) -> dict:
     successes: list[float] = []
     steps = durable = counted = 0  # transitions stepped; of those, the ones in the first `counted` completed shards
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=remaining,
-        desc=f"collect {cfg.env.task}",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not cfg.trainer.enable_progress_bar,
-    )
+    bar = progress(remaining, f"collect {cfg.env.task}", "step", cfg.trainer.enable_progress_bar)
     try:
         while steps < remaining:
             before = steps

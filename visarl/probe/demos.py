@@ -24,6 +24,7 @@ import numpy as np
 
 from visarl.config import ConfigError
 from visarl.core.io import atomic_write_json
+from visarl.core.progress import progress as progress_bar
 from visarl.data.shards import ShardReader, ShardWriter, list_shards, write_field
 
 MANIFEST = "demos.json"
@@ -70,8 +71,6 @@ def record_demos(
     Returns the manifest. A directory whose manifest describes another recording is a :class:`ConfigError`
     naming the difference; demo shards without a manifest (an interrupted recording) are replaced.
     """
-    from tqdm import tqdm
-
     from visarl.envs import MetaWorldPixelEnv  # lazy: importing it loads MuJoCo and picks its GL backend
     from visarl.envs.experts import ScriptedExpert
 
@@ -100,8 +99,8 @@ def record_demos(
     writer = ShardWriter(directory, rows_per_shard=4096, attrs=attrs or {}, prefix=PREFIX)
     successes, lengths = [], []
     try:
-        bar = tqdm(range(spec.num_demos), desc=f"demos {spec.task}", unit="demo", disable=not progress)
-        for i in bar:
+        bar = progress_bar(spec.num_demos, f"demos {spec.task}", "demo", progress)
+        for i in range(spec.num_demos):
             obs, _ = env.reset(seed=demo_seed(spec.seed, i))
             obs["expert_action"] = expert(obs["state"])
             writer.add_first(0, obs)
@@ -121,6 +120,8 @@ def record_demos(
             successes.append(float(success))
             lengths.append(steps)
             bar.set_postfix(success=f"{np.mean(successes):.2f}", refresh=False)
+            bar.update(1)
+        bar.close()
         writer.close()
     finally:
         env.close()

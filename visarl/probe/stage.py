@@ -268,6 +268,7 @@ def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
             policy.obs_keys,
             observe if (label is not None or embedder is not None) else None,
             cfg.eval.strip_frames,
+            progress=cfg.trainer.enable_progress_bar,
         )
     info = {
         "task": spec.task,

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from visarl.core.progress import progress as progress_bar
+
 ObserveFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 """Env observations -> the same dict with what the policy derives from them (a saliency map, an embedding)."""
 
@@ -109,8 +111,10 @@ class Evaluator:
         obs_keys: Sequence[str],
         observe: ObserveFn | None = None,
         strip_frames: int = 8,
+        progress: bool = False,
     ) -> None:
         self.make_envs = make_envs
+        self.progress = progress
         self.num_envs = max(1, min(num_envs, episodes))
         self.episodes = episodes
         self.seed = seed
@@ -142,6 +146,7 @@ class Evaluator:
         returns, lengths, successes = [], [], []
         frames = [obs["rgb"][0].copy()]  # env 0's first episode, for the strip
         recording = True
+        bar = progress_bar(self.episodes, f"eval @ {step}", "episode", self.progress, leave=False)
         while (done_count < quota).any():
             action = policy(to_policy_obs(obs, self.obs_keys, device)).float().cpu().numpy()
             nxt, reward, terminated, truncated, info = self.envs.step(action)
@@ -158,8 +163,10 @@ class Evaluator:
                 lengths.append(int(ep_len[i]))
                 successes.append(float(ep_success[i]))
                 done_count[i] += 1
+                bar.update(1)
             ep_return[done], ep_len[done], ep_success[done] = 0.0, 0, False
             obs = self._label(dict(nxt))
+        bar.close()
         return EvalResult(
             step=int(step),
             success_rate=float(np.mean(successes)),

@@ -234,6 +234,7 @@ class SACLoop(pl.LightningModule):
                 if self.embedder is not None or self._policy_inputs() - {"rgb", "state"}
                 else None,
                 cfg.eval.strip_frames,
+                progress=cfg.trainer.enable_progress_bar,
             )
 
     def on_train_start(self) -> None:

@@ -340,8 +340,8 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
     """Label every shard of ``data_dir``; returns counts and throughput."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
 
+    from visarl.core.progress import progress
     from visarl.data.shards import ShardError, ShardReader, write_field
     from visarl.saliency.online import PiCANetSaliency, resolve_device
 
@@ -371,13 +371,7 @@ def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
     tb = SummaryWriter(str(ctx.run_dir))
     done_rows, t_infer = 0, 0.0
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=total_rows,
-        desc=f"label {cfg.task}",
-        unit="frame",
-        dynamic_ncols=True,
-        disable=not cfg.trainer.enable_progress_bar,
-    )
+    bar = progress(total_rows, f"label {cfg.task}", "frame", cfg.trainer.enable_progress_bar)
     try:
         for path, _, n_rows in todo:
             reader = ShardReader(path)
