@@ -63,6 +63,22 @@ def test_run_writes_resolved_config_and_dispatches(tmp_path):
     assert CALLS[-1][1].run_dir == run_dir and CALLS[-1][1].resume is False
 
 
+def test_a_run_says_where_it_starts_and_what_it_wrote(tmp_path, caplog):
+    conf = _write(tmp_path, "stage: echo_test\n")
+    run_dir = tmp_path / "runs" / "echo" / "r1"
+    with caplog.at_level("INFO", logger="visarl.fit"):
+        run(str(conf), [f"output_dir={tmp_path}/runs", "run=r1"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "visarl.fit"]
+    assert lines[0] == f"echo_test: starting {run_dir}"
+    assert lines[-1].startswith("echo_test: done in ") and lines[-1].endswith(f"-> {run_dir}")  # config.yaml only
+    (run_dir / "model.pt").write_bytes(b"x")
+    (run_dir / "checkpoints").mkdir()
+    with caplog.at_level("INFO", logger="visarl.fit"):
+        run(resume=str(run_dir))
+    lines = [r.getMessage() for r in caplog.records if r.name == "visarl.fit"]
+    assert f"echo_test: resuming {run_dir}" in lines and lines[-1].endswith(f"-> {run_dir} (checkpoints/, model.pt)")
+
+
 def test_resume_reopens_same_dir_with_saved_values(tmp_path):
     conf = _write(tmp_path, "stage: echo_test\nmode: b\n")
     run(str(conf), [f"output_dir={tmp_path}/runs", "run=r1", "inner.width=3"])

@@ -33,9 +33,22 @@ from visarl.config import (
     to_yaml,
 )
 from visarl.core.io import atomic_write_text
-from visarl.core.log import configure_console
+from visarl.core.log import configure_console, get_logger
 from visarl.launch import external_rank, wait_for_run
 from visarl.registry import RunContext, describe_stages, get_stage, known_stages
+
+log = get_logger(__name__)
+
+_NOT_OUTPUTS = ("config.yaml", "hparams.yaml", "events.out.tfevents.")
+"""Files every run directory holds (the saved config, TensorBoard's logs): left out of the end line's outputs."""
+
+
+def run_outputs(run_dir: Path) -> list[str]:
+    """What a finished run left in its directory, for the end line: file names, and folder names with a '/'."""
+    if not run_dir.is_dir():
+        return []
+    names = [p.name + "/" if p.is_dir() else p.name for p in sorted(run_dir.iterdir())]
+    return [n for n in names if not n.startswith(_NOT_OUTPUTS) and not n.startswith(".")]
 
 
 def seed_everything(seed: int) -> None:
@@ -119,8 +132,13 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
     if writer:
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     seed_everything(cfg.seed)
+    log.info(f"{cfg.stage}: {'resuming' if resuming else 'starting'} {run_dir}")
     try:
-        return stage.runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
+        result = stage.runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
+        outputs = run_outputs(run_dir)
+        wrote = f" ({', '.join(outputs)})" if outputs else ""
+        log.info(f"{cfg.stage}: done in {time.time() - started:.0f} s -> {run_dir}{wrote}")
+        return result
     except ConfigError:
         # A runner that rejects its input before writing anything leaves no empty run directory behind.
         if created and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
