@@ -360,7 +360,7 @@ def test_visible_token_budget_is_a_quarter_of_the_tokens(config, overrides, visi
 def test_paper_configs_follow_the_authors_recipe():
     for config in ("conf/pretrain/rgb.yaml", "conf/pretrain/rgb_saliency.yaml"):
         cfg, _, _ = visarl.fit.resolve(config, None, ["run=x"])
-        assert cfg.passes_per_epoch == 20 and not cfg.augment.crop and cfg.augment.hflip == 0.5
+        assert cfg.passes_per_epoch == 20 and cfg.augment.crop and cfg.augment.hflip == 0.5  # Table II's crop
         assert cfg.model.global_token and not cfg.model.final_norm and cfg.model.input_norm == "imagenet"
         model = stage.build_model(cfg)
         loss_fn = stage.build_loss(cfg, model)

@@ -3,7 +3,8 @@ optionally, a random resized crop.
 
 Table II lists "RandomResizedCrop", but the authors' fork does not crop: its ``dataset.py`` (``RealWorldData``,
 the class ``run_pretraining_multimae.py`` trains on) flips rgb and saliency together with probability 0.5 and the
-crop is commented out. :class:`PairedAugment` defaults to that flip alone. With ``crop=True`` it draws one crop box
+crop is commented out. :class:`PairedAugment` defaults to that flip alone; ``stage: pretrain`` turns the crop on
+(``augment.crop``, default true, since the paper is explicit). With ``crop=True`` it draws one crop box
 per example as MultiMAE's ``DataAugmentationForMultiMAE`` does (torchvision's ``get_params`` at
 ``scale=(0.2, 1.0)``, ``ratio=(0.75, 1.3333)``) and applies that box to every modality, so rgb and saliency stay
 pixel-aligned.

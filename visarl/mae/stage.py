@@ -75,9 +75,10 @@ class OptimConfig:
 class AugmentConfig:
     """Training-frame augmentation, the same draw for every modality of an example (never applied to validation)."""
 
-    crop: bool = False
-    """Random resized crop (Table II's RandomResizedCrop, MultiMAE's DataAugmentationForMultiMAE); the authors' fork
-    trains without it (commented out in its dataset.py) and only flips."""
+    crop: bool = True
+    """Random resized crop: Table II's RandomResizedCrop (MultiMAE's DataAugmentationForMultiMAE). The paper is
+    explicit, so it is on; the authors' fork trains without it (commented out in its dataset.py) and only flips:
+    ``crop: false`` restores that."""
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
     """Range of the crop's area as a fraction of the frame (MultiMAE/MAE: 0.2 to 1)."""
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
