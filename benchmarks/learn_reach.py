@@ -229,7 +229,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1 is fastest when busy)")
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--out", default="runs/bench_learn_reach")
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        metavar="JSON",
+        help="print the summary of finished runs (learn_reach.json files of runs split over processes) and exit",
+    )
     args = parser.parse_args()
+    if args.summarize:
+        runs = [json.loads(Path(f).read_text()) for f in args.summarize]
+        settings = {(r["args"]["budget"], r["args"]["hidden"], r["args"]["eval_episodes"]) for r in runs}
+        if len(settings) > 1:
+            parser.error(f"--summarize: the files were run with different settings {sorted(settings)}")
+        args.budget, args.hidden, args.eval_episodes = settings.pop()
+        rows = sorted((row for r in runs for row in r["runs"]), key=lambda row: row["seed"])
+        args.seeds, args.skip_sb3 = [row["seed"] for row in rows], any("sb3_success" not in row for row in rows)
+        summarize(args, rows)
+        return
     if args.budget <= LEARNING_STARTS:
         parser.error(f"--steps must exceed the {LEARNING_STARTS} random steps before learning starts")
     out = Path(args.out)
@@ -245,6 +261,14 @@ def main() -> None:
             row.update(sb3_success=theirs, sb3_minutes=t_theirs / 60)
         rows.append(row)
         (out / "learn_reach.json").write_text(json.dumps({"args": vars(args), "runs": rows}, indent=2))
+    summarize(args, rows)
+
+
+def summarize(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Per-seed lines, then mean ± std over seeds; the last lines are the two headline figures."""
+    for r in rows:
+        sb3 = f"  sb3 {r['sb3_success']:.2f} ({r['sb3_minutes']:.1f} min)" if "sb3_success" in r else ""
+        print(f"seed {r['seed']}: visarl {r['visarl_success']:.2f} ({r['visarl_minutes']:.1f} min){sb3}")
     ours = [r["visarl_success"] for r in rows]
     print(f"budget {args.budget} env steps, heads 100 + 3x{args.hidden}, same schedule, seeds {args.seeds}")
     print(f"visarl success: {mean_std(ours)}")
