@@ -121,6 +121,19 @@ def test_build_trainer_is_quiet(tmp_path, capsys, caplog):
     assert "in eval mode" not in text
     assert "LeafSpec" not in text
     assert "Total params" not in text  # no model-summary table
+    if not torch.cuda.is_available():
+        assert "GPU available: False" not in text  # nothing to act on
+
+
+def test_quiet_lightning_keeps_a_gpu_the_run_leaves_unused(caplog):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    with caplog.at_level(logging.INFO), quiet_lightning():
+        rank_zero_info("GPU available: True (cuda), used: False")
+        rank_zero_info("GPU available: False, used: False")
+        rank_zero_info("TPU available: False, using: 0 TPU cores")
+    assert "GPU available: True (cuda), used: False" in caplog.text
+    assert "available: False" not in caplog.text
 
 
 def test_progress_bars_appear_with_their_total(tmp_path, capfd):

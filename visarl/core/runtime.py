@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,11 +43,18 @@ _NOISE_WARNINGS = (
 )
 
 
+_ABSENT_DEVICE = re.compile(r"^[A-Z]PU available: False")
+"""Lightning's "GPU available: False, used: False" (and TPU, HPU): nothing to act on. "GPU available: True, used:
+False" stays: it tells a user with a GPU that the run is not using it."""
+
+
 class _DropTip(logging.Filter):
-    """Drops Lightning's "Tip: ... try installing litlogger/litmodels" advertisements."""
+    """Drops Lightning's "Tip: ... try installing litlogger/litmodels" advertisements and its lines about
+    accelerators the machine does not have."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
+        msg = str(record.msg)
+        return "Tip:" not in msg and not _ABSENT_DEVICE.match(msg)
 
 
 @contextlib.contextmanager
