@@ -79,6 +79,18 @@ def test_a_run_says_where_it_starts_and_what_it_wrote(tmp_path, caplog):
     assert f"echo_test: resuming {run_dir}" in lines and lines[-1].endswith(f"-> {run_dir} (checkpoints/, model.pt)")
 
 
+def test_a_step_inside_a_pipeline_leaves_its_start_to_the_pipeline(tmp_path, caplog, monkeypatch):
+    import visarl.fit
+
+    conf = _write(tmp_path, "stage: echo_test\n")
+    monkeypatch.setattr(visarl.fit, "_depth", 1)  # as when a pipeline or experiment runs its steps
+    with caplog.at_level("INFO", logger="visarl.fit"):
+        run(str(conf), [f"output_dir={tmp_path}/runs", "run=r1"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "visarl.fit"]
+    assert len(lines) == 1 and lines[0].startswith("echo_test: done in ")
+    assert visarl.fit._depth == 1  # restored after the run
+
+
 def test_resume_reopens_same_dir_with_saved_values(tmp_path):
     conf = _write(tmp_path, "stage: echo_test\nmode: b\n")
     run(str(conf), [f"output_dir={tmp_path}/runs", "run=r1", "inner.width=3"])

@@ -39,6 +39,9 @@ from visarl.registry import RunContext, describe_stages, get_stage, known_stages
 
 log = get_logger(__name__)
 
+_depth = 0
+"""How many runs this process is inside (a pipeline or experiment runs its steps through :func:`run`)."""
+
 _NOT_OUTPUTS = ("config.yaml", "hparams.yaml", "events.out.tfevents.")
 """Files every run directory holds (the saved config, TensorBoard's logs): left out of the end line's outputs."""
 
@@ -132,7 +135,10 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
     if writer:
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     seed_everything(cfg.seed)
-    log.info(f"{cfg.stage}: {'resuming' if resuming else 'starting'} {run_dir}")
+    global _depth
+    if resuming or _depth == 0:  # a pipeline's steps: the pipeline's own line names each one as it starts
+        log.info(f"{cfg.stage}: {'resuming' if resuming else 'starting'} {run_dir}")
+    _depth += 1
     try:
         result = stage.runner(cfg, RunContext(run_dir=run_dir, resume=resuming))
         outputs = run_outputs(run_dir)
@@ -146,6 +152,8 @@ def run(config: str | None = None, overrides: list[str] | None = None, resume: s
             if run_dir.parent in created and not any(run_dir.parent.iterdir()):
                 run_dir.parent.rmdir()
         raise
+    finally:
+        _depth -= 1
 
 
 def config_help(config: str | None, resume: str | None, overrides: list[str]) -> str:

@@ -204,10 +204,9 @@ def _saliency_labeller(cfg: ProbeConfig) -> tuple[Any, str]:
 def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
     """Record (or reuse) the demos, derive what the encoder reads, clone the expert, evaluate; see the module doc."""
     # lazy: Lightning (and the modules built on it) load when a probe runs, not when --list-stages reads this file
-    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
 
+    from visarl.core.runtime import build_trainer, quiet_lightning
     from visarl.envs.experts import make_eval_envs
     from visarl.probe.module import BCProbe, ProbeEvaluation, ProbeSettings, StepCheckpoint
     from visarl.rl.evaluate import Evaluator
@@ -304,23 +303,19 @@ def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
     ]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=50))
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
+    trainer = build_trainer(
+        cfg.trainer,
+        ctx.run_dir,
+        callbacks=callbacks,
+        logger={"default_hp_metric": False, "purge_step": purge_step},
         devices=1,
-        precision=cfg.trainer.precision,
         max_steps=cfg.bc.steps,
         max_epochs=-1,
-        logger=TensorBoardLogger(str(ctx.run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step),
-        callbacks=callbacks,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        default_root_dir=str(ctx.run_dir),
     )
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_lightning():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*infinite.*")
         try:
