@@ -47,6 +47,29 @@ def test_pipeline_runs_steps_and_skips_finished_ones(tmp_path):
     assert json.loads((run_dir / "pipeline_state.json").read_text())["done"].keys() == {"collect", "more"}
 
 
+def test_cli_pipeline_says_once_where_it_starts_and_each_step_where_it_ended(tmp_path):
+    """`python -m visarl.fit` runs fit as __main__; its pipeline's steps must still count as nested runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    conf = _pipeline(tmp_path, STEPS)
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "visarl.fit", "--config", conf, f"output_dir={tmp_path}/runs", "run=p"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    run_dir = tmp_path / "runs" / "pipe" / "p"
+    assert [line for line in lines if "starting" in line] == [f"pipeline: starting {run_dir}"]
+    assert sum(line.startswith("collect: done in ") for line in lines) == 2
+    assert lines[-1].startswith("pipeline: done in ")
+
+
 def test_pipeline_errors_name_the_step(tmp_path):
     bad_ref = STEPS.replace("{step:collect}", "{step:later}")
     assert bad_ref != STEPS

@@ -200,4 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m visarl.fit` runs this file as __main__, a second copy of the module beside the visarl.fit that
+    # pipelines import: run the imported one, so both share one logger and one count of nested runs.
+    from visarl.fit import main as _main
+
+    sys.exit(_main())
