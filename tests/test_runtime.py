@@ -133,8 +133,9 @@ def test_quiet_lightning_keeps_a_gpu_the_run_leaves_unused(caplog):
         rank_zero_info("GPU available: False, used: False")
         rank_zero_info("TPU available: False, using: 0 TPU cores")
         rank_zero_info("`Trainer.fit` stopped: `max_epochs=4` reached.")
+        rank_zero_info("Loading `train_dataloader` to estimate number of stepping batches.")
     assert "GPU available: True (cuda), used: False" in caplog.text
-    assert "available: False" not in caplog.text and "stopped" not in caplog.text
+    assert "available: False" not in caplog.text and "stopped" not in caplog.text and "Loading" not in caplog.text
 
 
 def test_progress_bars_appear_with_their_total(tmp_path, capfd):

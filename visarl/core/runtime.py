@@ -46,17 +46,18 @@ _NOISE_WARNINGS = (
 _ABSENT_DEVICE = re.compile(r"^[A-Z]PU available: False")
 """Lightning's "GPU available: False, used: False" (and TPU, HPU): nothing to act on. "GPU available: True, used:
 False" stays: it tells a user with a GPU that the run is not using it."""
-_FIT_STOPPED = "`Trainer.fit` stopped:"
-"""Lightning's note that fit reached max_epochs/max_steps: the normal end, which the stage's end line reports."""
+_ROUTINE = ("`Trainer.fit` stopped:", "Loading `train_dataloader` to estimate")
+"""Lightning's notes that fit reached max_epochs/max_steps (the normal end, which the stage's end line reports) and
+that it reads the train loader's length for the LR schedule: routine, nothing to act on."""
 
 
 class _DropTip(logging.Filter):
     """Drops Lightning's "Tip: ... try installing litlogger/litmodels" advertisements, its lines about
-    accelerators the machine does not have, and its note that fit reached its planned end."""
+    accelerators the machine does not have, and its routine notes (:data:`_ROUTINE`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
-        return "Tip:" not in msg and not _ABSENT_DEVICE.match(msg) and not msg.startswith(_FIT_STOPPED)
+        return "Tip:" not in msg and not _ABSENT_DEVICE.match(msg) and not msg.startswith(_ROUTINE)
 
 
 @contextlib.contextmanager
