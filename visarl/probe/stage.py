@@ -204,9 +204,7 @@ def _saliency_labeller(cfg: ProbeConfig) -> tuple[Any, str]:
 def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
     """Record (or reuse) the demos, derive what the encoder reads, clone the expert, evaluate; see the module doc."""
     # lazy: Lightning (and the modules built on it) load when a probe runs, not when --list-stages reads this file
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
-    from visarl.core.runtime import build_trainer, quiet_lightning
+    from visarl.core.runtime import build_trainer, progress_bar, quiet_lightning
     from visarl.envs.experts import make_eval_envs
     from visarl.probe.module import BCProbe, ProbeEvaluation, ProbeSettings, StepCheckpoint
     from visarl.rl.evaluate import Evaluator
@@ -302,7 +300,7 @@ def run_probe(cfg: ProbeConfig, ctx: RunContext) -> dict[str, Any]:
         StepCheckpoint(ctx.run_dir / "checkpoints", cfg.checkpoint_every, cfg.bc.steps),
     ]
     if cfg.trainer.enable_progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=50))
+        callbacks.append(progress_bar(refresh_rate=50))  # the shared bar: drawn only once its total is known
     trainer = build_trainer(
         cfg.trainer,
         ctx.run_dir,
