@@ -27,6 +27,7 @@ from visarl.mae import (
     visible_ids,
 )
 from visarl.mae.masking import sample_gamma
+from visarl.mae.stage import PretrainConfig
 
 B = 4
 
@@ -159,6 +160,16 @@ def test_global_token_and_norm_rgb_output_shapes():
     assert set(out.preds) == {"rgb", "saliency", "rgb_norm"}
     assert out.preds["rgb_norm"].shape == (B, 64, 192)
     assert model.forward_features(x).shape == (B, 1 + 128, 64)
+
+
+@pytest.mark.parametrize("modalities,visible", [(("rgb", "saliency"), 32), (("rgb",), 16)])
+def test_default_masking_hides_three_quarters_of_this_models_tokens(modalities, visible):
+    """Without num_visible, the model masks as the pretrain stage does by default (75%): an rgb-only model sees 16
+    of its 64 tokens, not the 32 an rgb + saliency model sees."""
+    model = tiny(modalities)
+    out = model(images(modalities=modalities), generator=torch.Generator().manual_seed(1))
+    assert out.ids_visible.shape == (B, visible)
+    assert PretrainConfig(modalities=list(modalities)).num_visible == visible
 
 
 def test_masks_consistent_with_visible_ids():

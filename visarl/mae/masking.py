@@ -101,6 +101,16 @@ def sample_masks(counts: Tensor, num_tokens: Sequence[int], generator: torch.Gen
     return masks
 
 
+MASK_RATIO = 0.75
+"""Share of tokens hidden by default (Sec. II-B: "a high masking ratio m = 0.75")."""
+
+
+def default_visible(total_tokens: int, mask_ratio: float = MASK_RATIO) -> int:
+    """Visible tokens at ``mask_ratio`` of ``total_tokens`` (all modalities): 32 of 128 for rgb + saliency at 64 px,
+    16 of 64 for rgb alone. At least one."""
+    return max(1, round(total_tokens * (1 - mask_ratio)))
+
+
 def visible_ids(hidden: Tensor) -> Tensor:
     """Ids ``[B, K]`` (ascending) of the visible tokens of a mask ``[B, N]``; every row must show K tokens."""
     k = (~hidden).sum(dim=1)

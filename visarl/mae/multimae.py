@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from visarl.config import ConfigError, choice
 from visarl.mae.adapters import PatchInputAdapter, SpatialDecoder, norm_layer, set_fused_attn
-from visarl.mae.masking import dirichlet_masks, visible_ids
+from visarl.mae.masking import default_visible, dirichlet_masks, visible_ids
 
 
 @dataclass(frozen=True)
@@ -283,19 +283,22 @@ class MultiMAE(nn.Module):
     def sample_masks(
         self,
         batch: int,
-        num_visible: int = 32,
+        num_visible: int | None = None,
         alpha: float = 1.0,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
     ) -> dict[str, Tensor]:
-        """Random masks ``{modality: [B, N] bool, True = hidden}`` with exactly ``num_visible`` visible per row."""
+        """Random masks ``{modality: [B, N] bool, True = hidden}`` with exactly ``num_visible`` visible per row
+        (None: 75% of this model's tokens hidden, as the pretrain stage's default)."""
         n = [self.num_tokens] * len(self.modalities)
+        if num_visible is None:
+            num_visible = default_visible(sum(n))
         return dict(zip(self.modalities, dirichlet_masks(batch, n, num_visible, alpha, generator, device), strict=True))
 
     def forward(
         self,
         inputs: Mapping[str, Tensor],
-        num_visible: int = 32,
+        num_visible: int | None = None,
         alpha: float = 1.0,
         generator: torch.Generator | None = None,
         masks: Mapping[str, Tensor] | None = None,

@@ -30,6 +30,7 @@ from visarl.data.shards import default_data_dir
 from visarl.mae.augment import PairedAugment
 from visarl.mae.frozen import save_checkpoint
 from visarl.mae.loss import LOSS_KINDS, REDUCTIONS, ReconstructionLoss
+from visarl.mae.masking import MASK_RATIO, default_visible
 from visarl.mae.multimae import MODALITIES, NORM_SUFFIX, ModelConfig, MultiMAE, output_source
 from visarl.registry import RunContext, register_stage
 
@@ -118,7 +119,7 @@ class PretrainConfig(RunConfig):
     num_visible: int | None = None
     """Tokens the encoder sees, shared across modalities; null: (1 - mask_ratio) of all tokens, i.e. Table II's 32 of
     2 x 64 for rgb + saliency and 16 of 64 for rgb alone."""
-    mask_ratio: float = 0.75
+    mask_ratio: float = MASK_RATIO
     """Share of tokens hidden when num_visible is null (Sec. II-B: "a high masking ratio m = 0.75")."""
     passes_per_epoch: int = 20
     """Passes over the training frames in one epoch: the authors' fork repeats its dataset 20 times per epoch
@@ -160,7 +161,7 @@ class PretrainConfig(RunConfig):
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"mask_ratio: must be in [0, 1), got {self.mask_ratio}")
         if self.num_visible is None:  # filled in, so the resolved config names the number
-            self.num_visible = max(1, round(tokens * (1 - self.mask_ratio)))
+            self.num_visible = default_visible(tokens, self.mask_ratio)
         if not 0 < self.num_visible <= tokens:
             raise ConfigError(
                 f"num_visible: must be in [1, {tokens}] ({len(self.modalities)} modalities), got {self.num_visible}"

@@ -68,7 +68,7 @@ def reconstruction_grid(
     loss_fn: ReconstructionLoss,
     inputs: Mapping[str, Tensor],
     num_masks: int = 3,
-    num_visible: int = 32,
+    num_visible: int | None = None,
     alpha: float = 1.0,
     generator: torch.Generator | None = None,
     grey: float = 0.5,

@@ -259,7 +259,7 @@ def reconstruction_figure(
     model: Any,
     inputs: dict[str, Tensor],
     num_masks: int = 3,
-    num_visible: int = 32,
+    num_visible: int | None = None,
     alpha: float = 1.0,
     norm_rgb: bool = True,
     seed: int = 0,
