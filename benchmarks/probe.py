@@ -3,6 +3,7 @@
     python benchmarks/probe.py                                  # reach + drawer-open, 3 seeds (about an hour, 2 cores)
     python benchmarks/probe.py --tasks reach --seeds 0          # one task, one seed
     python benchmarks/probe.py --out runs/bench_probe           # rerun: finished steps and cells are skipped
+    python benchmarks/probe.py --out runs/bench_probe --summarize   # the table of what has finished; runs nothing
 
 For each task, one pipeline (conf/experiment-style, written to ``<out>/<task>.yaml``) builds everything the rows
 need, at a CPU scale: a pretraining dataset from the scripted expert with action noise (``collect policy:
@@ -12,7 +13,8 @@ per (task, seed), shared by the rows, BatchNorm + 2x256 MLP, 4000 BC steps, succ
 2000 and 4000) for the rows state, MMAE RGB and MMAE RGB+Saliency (saliency predicted by the PiCANet).
 
 Prints a table of final and best success (mean ± std over seeds) and the mean wall time of one probe per row,
-and as its last line ``probe_state_success: X``, the state row's mean final success on reach.
+and as its last line ``probe_state_success: X``, the state row's mean final success on reach. The table, with
+every seed's numbers, the arguments and the commit, also goes to ``<out>/probe_table.json``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import visarl.fit
+from visarl.core.io import atomic_write_json
 
 PIPELINE = """\
 stage: pipeline
@@ -95,6 +99,17 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _commit() -> str:
+    """The checkout's commit (with ``+dirty`` when tracked files differ), or '' outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here, capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["reach", "drawer-open"])
@@ -104,6 +119,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="MultiMAE pretraining epochs (conf/cpu/pretrain.yaml)")
     parser.add_argument("--episode-length", type=int, default=150, help="probe episodes (the experts need < 100)")
     parser.add_argument("--out", default="runs/bench_probe")
+    parser.add_argument("--summarize", action="store_true", help="print the table of the cells in --out; run nothing")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -117,7 +133,7 @@ def main() -> None:
         )
     )
     pipeline_seconds = {}
-    for task in args.tasks:
+    for task in [] if args.summarize else args.tasks:
         config = out / f"{task}.yaml"
         config.write_text(
             PIPELINE.format(task=task, collect_steps=args.collect_steps, epochs=args.epochs, matrix=matrix)
@@ -133,13 +149,14 @@ def main() -> None:
     table: dict[tuple[str, str], dict[str, list[float]]] = {}
     for task in args.tasks:
         for row in args.rows:
-            cell = table.setdefault((row, task), {"final": [], "best": [], "seconds": []})
+            cell = table.setdefault((row, task), {"seeds": [], "final": [], "best": [], "seconds": []})
             for seed in args.seeds:
                 path = out / "pipelines" / task / "matrix" / "cells" / f"{row}-{task}" / f"seed{seed}" / "probe.json"
                 if not path.is_file():
                     continue
                 data = json.loads(path.read_text())
                 if data.get("final"):
+                    cell["seeds"].append(seed)
                     cell["final"].append(data["final"]["success_rate"])
                     cell["best"].append(data["best"]["success_rate"])
                     cell["seconds"].append(data["seconds"]["total"])
@@ -156,6 +173,15 @@ def main() -> None:
         print(f"| {ROWS[row][0]} | " + " | ".join(cells) + f" | {wall} |")
     for task, s in pipeline_seconds.items():
         print(f"pipeline {task}: {s / 60:.1f} min (data, PiCANet, labels, two MultiMAE encoders, probes)")
+    atomic_write_json(
+        out / "probe_table.json",
+        {
+            "commit": _commit(),
+            "args": vars(args),
+            "pipeline_seconds": pipeline_seconds,
+            "cells": [{"row": row, "task": task, **cell} for (row, task), cell in table.items()],
+        },
+    )
     state = table.get(("state", "reach"), {}).get("final", [])
     print(f"probe_state_success: {statistics.mean(state) if state else float('nan'):.3f}")
 
