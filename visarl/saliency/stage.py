@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from visarl.config import ConfigError, RunConfig, choice
 from visarl.core.io import atomic_copy, atomic_write_json
 from visarl.core.log import get_logger
+from visarl.core.progress import progress
 from visarl.core.runtime import (
     build_trainer,
     checkpoint_callbacks,
@@ -40,9 +42,20 @@ from visarl.core.runtime import (
     quiet_lightning,
     resume_checkpoint,
 )
+from visarl.data.shards import ShardError, ShardReader, default_data_dir, list_shards, write_field
 from visarl.registry import RunContext, register_stage
-from visarl.saliency.data import default_annotations, default_weights
-from visarl.saliency.picanet import DECODERS, IMAGENET_WEIGHTS, SALIENCY_LOSSES, side_strides
+from visarl.saliency.data import SaliencyDataModule, default_annotations, default_weights
+from visarl.saliency.module import SaliencyModule
+from visarl.saliency.online import PiCANetSaliency, resolve_device
+from visarl.saliency.picanet import (
+    DECODERS,
+    IMAGENET_WEIGHTS,
+    SALIENCY_LOSSES,
+    PiCANet,
+    load_picanet,
+    save_picanet,
+    side_strides,
+)
 
 log = get_logger(__name__)
 
@@ -170,12 +183,6 @@ def check_saliency(cfg: SaliencyConfig) -> None:
 @register_stage("saliency", SaliencyConfig, check=check_saliency)
 def run_saliency(cfg: SaliencyConfig, ctx: RunContext) -> dict[str, Any]:
     """Fit PiCANet, select its weights (``selection``), export ``picanet.pt``; returns the held-out metrics."""
-    import torch
-
-    from visarl.saliency.data import SaliencyDataModule
-    from visarl.saliency.module import SaliencyModule
-    from visarl.saliency.picanet import PiCANet, save_picanet
-
     check_saliency(cfg)
     ann_path = Path(cfg.annotations) if cfg.annotations else default_annotations(cfg.task)
     dm = SaliencyDataModule(
@@ -309,8 +316,6 @@ class LabelConfig(RunConfig):
 def _label_inputs(cfg: LabelConfig) -> tuple[Path, list[Path], Path]:
     """The shard directory, its shards (each opened and validated) and the PiCANet weights; ConfigError if any is
     missing or unreadable."""
-    from visarl.data.shards import ShardError, default_data_dir, list_shards
-
     data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task)
     try:
         shards = list_shards(data_dir)
@@ -326,8 +331,6 @@ def _label_inputs(cfg: LabelConfig) -> tuple[Path, list[Path], Path]:
 
 def check_label(cfg: LabelConfig) -> None:
     """Shards and weights, checked before the run directory is created."""
-    from visarl.saliency.picanet import load_picanet
-
     _, _, ckpt = _label_inputs(cfg)
     try:
         load_picanet(ckpt)
@@ -338,12 +341,7 @@ def check_label(cfg: LabelConfig) -> None:
 @register_stage("label", LabelConfig, check=check_label)
 def run_label(cfg: LabelConfig, ctx: RunContext) -> dict[str, Any]:
     """Label every shard of ``data_dir``; returns counts and throughput."""
-    import torch
-    from torch.utils.tensorboard import SummaryWriter
-
-    from visarl.core.progress import progress
-    from visarl.data.shards import ShardError, ShardReader, write_field
-    from visarl.saliency.online import PiCANetSaliency, resolve_device
+    from torch.utils.tensorboard import SummaryWriter  # lazy: --list-stages imports this module, not TensorBoard
 
     data_dir, shards, ckpt = _label_inputs(cfg)
     device = resolve_device(cfg.trainer.accelerator)
