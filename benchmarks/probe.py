@@ -7,10 +7,11 @@
 
 For each task, one pipeline (conf/experiment-style, written to ``<out>/<task>.yaml``) builds everything the rows
 need, at a CPU scale: a pretraining dataset from the scripted expert with action noise (``collect policy:
-scripted``), 30 frames clicked by the simulated annotator, a PiCANet trained on them, a saliency map for every
-frame, MultiMAE encoders on rgb and on rgb + saliency, then the probe matrix (conf/probe/matrix.yaml: 25 demos
-per (task, seed), shared by the rows, BatchNorm + 2x256 MLP, 4000 BC steps, success over 50 episodes at steps
-2000 and 4000) for the rows state, MMAE RGB and MMAE RGB+Saliency (saliency predicted by the PiCANet).
+scripted``), 30 frames clicked by the simulated annotator, a PiCANet trained on them (``--saliency-config``,
+default the quickstart's 1/8-width, 30-epoch recipe), a saliency map for every frame, MultiMAE encoders on rgb and
+on rgb + saliency (conf/cpu/pretrain.yaml, ``--epochs``), then the probe matrix (conf/probe/reach.yaml's rows: 25
+demos per (task, seed), shared by the rows, BatchNorm + 2x256 MLP, 2000 BC steps, success over 50 episodes at
+steps 1000 and 2000) for the rows state, MMAE RGB and MMAE RGB+Saliency (saliency predicted by the PiCANet).
 
 Prints a table of final and best success (mean ± std over seeds) and the mean wall time of one probe per row,
 and as its last line ``probe_state_success: X``, the state row's mean final success on reach. The table, with
@@ -42,7 +43,7 @@ steps:
     overrides: ["task={{task}}", "data_dir={{data}}/replay", "store={{data}}/annotations/simulated.jsonl",
                 "export={{data}}/annotations.h5"]
   - name: saliency
-    config: conf/quickstart/saliency.yaml
+    config: {saliency_config}
     overrides: ["task={{task}}", "annotations={{data}}/annotations.h5"]
   - name: label
     config: conf/quickstart/label.yaml
@@ -117,6 +118,11 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--collect-steps", type=int, default=5000, help="frames of the pretraining dataset")
     parser.add_argument("--epochs", type=int, default=20, help="MultiMAE pretraining epochs (conf/cpu/pretrain.yaml)")
+    parser.add_argument(
+        "--saliency-config",
+        default="conf/quickstart/saliency.yaml",
+        help="PiCANet recipe (conf/cpu/saliency.yaml: 1/4 width, 150 epochs, a few minutes more)",
+    )
     parser.add_argument("--episode-length", type=int, default=150, help="probe episodes (the experts need < 100)")
     parser.add_argument("--out", default="runs/bench_probe")
     parser.add_argument("--summarize", action="store_true", help="print the table of the cells in --out; run nothing")
@@ -136,7 +142,13 @@ def main() -> None:
     for task in [] if args.summarize else args.tasks:
         config = out / f"{task}.yaml"
         config.write_text(
-            PIPELINE.format(task=task, collect_steps=args.collect_steps, epochs=args.epochs, matrix=matrix)
+            PIPELINE.format(
+                task=task,
+                collect_steps=args.collect_steps,
+                epochs=args.epochs,
+                matrix=matrix,
+                saliency_config=args.saliency_config,
+            )
         )
         run_dir = out / "pipelines" / task
         t0 = time.perf_counter()
