@@ -225,6 +225,31 @@ def test_probe_table_mean_std_and_matrix_cells(tmp_path):
     assert not Cell(MethodSpec("x", "conf/probe/reach.yaml"), "reach", 0, tmp_path / "none").finished()
 
 
+def test_probe_figure_bars_are_the_means_and_nothing_is_clipped(tmp_path):
+    """One bar per (method, task) at the mean final success; the title and the legend (outside the axes) lie
+    inside the figure once drawn (an earlier layout cut the title's first letters)."""
+    from visarl.report.results import collect_probe_results
+    from visarl.report.tables import probe_figure, write_probe_figure
+
+    for seed, f in enumerate([0.9, 0.8, 1.0]):
+        _fake_probe(tmp_path, "state-reach", "reach-v3", seed, f, 1.0, encoder="state")
+        _fake_probe(tmp_path, "state-drawer", "drawer-open", seed, f / 2, 1.0, encoder="state")
+    results = collect_probe_results([tmp_path])
+    fig = probe_figure(results)
+    ax = fig.axes[0]
+    heights = sorted(round(b.get_height(), 6) for b in ax.patches)
+    assert heights == [0.45, 0.9]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    box = fig.bbox
+    for artist in (ax.title, ax.get_legend()):
+        extent = artist.get_window_extent(renderer)
+        assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1 and extent.y1 <= box.y1 + 1, artist
+    assert write_probe_figure(results, tmp_path / "out").stat().st_size > 0
+
+
 def test_cnn_probe_trains_the_cnn_by_the_bc_loss(tmp_path):
     """The paper's CNN variants run end to end (rgb + oracle saliency); the checkpoint holds conv weights that
     differ from a fresh init of the same seed."""

@@ -7,6 +7,7 @@ import io
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -230,21 +231,20 @@ def write_probe_table(results: list[ProbeResult], out_dir: Path) -> tuple[Path, 
     return md_path, csv_path
 
 
-def write_probe_figure(results: list[ProbeResult], out_dir: Path) -> Path:
-    """Bars of final probe success per method (colours) and task (groups), with the seeds' std as error bars."""
+def probe_figure(results: list[ProbeResult]) -> Any:
+    """Bars of final probe success per method (colours) and task (groups), with the seeds' std as error bars;
+    a matplotlib Figure with a constrained layout (the title and the legend outside the axes stay inside it)."""
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     cells = probe_cells(results)
     methods = [m for m in PROBE_METHODS if any(k[0] == m for k in cells)]
     methods += sorted({m for m, _ in cells} - set(PROBE_METHODS))
     tasks = [t for t in TASKS if any(k[1] == t for k in cells)] + sorted({t for _, t in cells} - set(TASKS))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(tasks) * max(1, len(methods)) / 3 + 2), 3.6))
+    fig = Figure(figsize=(max(4.0, 1.6 * len(tasks) * max(1, len(methods)) / 3 + 2), 3.6), layout="constrained")
+    ax = fig.add_subplot()
     width = 0.8 / max(1, len(methods))
-    colors = plt.get_cmap("tab10")
+    colors = matplotlib.colormaps["tab10"]
     for k, m in enumerate(methods):
         xs, means, stds = [], [], []
         for i, t in enumerate(tasks):
@@ -259,11 +259,16 @@ def write_probe_figure(results: list[ProbeResult], out_dir: Path) -> Path:
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (final)")
-    ax.set_title("Probe: behaviour cloning from scripted-expert demos (mean ± std over seeds)", fontsize=10)
+    ax.set_title(
+        "Probe: behaviour cloning from scripted-expert demos\n(final success, mean ± std over seeds)", fontsize=10
+    )
     ax.grid(axis="y", alpha=0.3)
     if methods:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = atomic_savefig(fig, out_dir / "probe.png", dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def write_probe_figure(results: list[ProbeResult], out_dir: Path) -> Path:
+    """:func:`probe_figure` saved as ``<out_dir>/probe.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return atomic_savefig(probe_figure(results), out_dir / "probe.png", dpi=120)
