@@ -21,14 +21,14 @@ every seed's numbers, the arguments and the commit, also goes to ``<out>/probe_t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import visarl.fit
 from visarl.core.io import atomic_write_json
+from visarl.report.publish import checkout_commit
+from visarl.report.results import collect_probe_results
 
 PIPELINE = """\
 stage: pipeline
@@ -100,17 +100,6 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _commit() -> str:
-    """The checkout's commit (with ``+dirty`` when tracked files differ), or '' outside a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here, capture_output=True).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["reach", "drawer-open"])
@@ -158,20 +147,21 @@ def main() -> None:
             visarl.fit.run(str(config), [f"output_dir={out}", "name=pipelines", f"run={task}"])
         pipeline_seconds[task] = time.perf_counter() - t0
 
-    table: dict[tuple[str, str], dict[str, list[float]]] = {}
+    # the report stage's reader of probe runs, its method names being the rows' labels
+    label_to_row = {label: row for row, (label, _) in ROWS.items() if row in args.rows}
+    table: dict[tuple[str, str], dict[str, list[float]]] = {
+        (row, task): {"seeds": [], "final": [], "best": [], "seconds": []} for task in args.tasks for row in args.rows
+    }
     for task in args.tasks:
-        for row in args.rows:
-            cell = table.setdefault((row, task), {"seeds": [], "final": [], "best": [], "seconds": []})
-            for seed in args.seeds:
-                path = out / "pipelines" / task / "matrix" / "cells" / f"{row}-{task}" / f"seed{seed}" / "probe.json"
-                if not path.is_file():
-                    continue
-                data = json.loads(path.read_text())
-                if data.get("final"):
-                    cell["seeds"].append(seed)
-                    cell["final"].append(data["final"]["success_rate"])
-                    cell["best"].append(data["best"]["success_rate"])
-                    cell["seconds"].append(data["seconds"]["total"])
+        for r in sorted(collect_probe_results([out / "pipelines" / task / "matrix" / "cells"]), key=lambda r: r.seed):
+            row = label_to_row.get(r.method)
+            if row is None or r.task != task or r.seed not in args.seeds or r.final_success is None:
+                continue
+            cell = table[(row, task)]
+            cell["seeds"].append(r.seed)
+            cell["final"].append(r.final_success)
+            cell["best"].append(r.best_success)
+            cell["seconds"].append(r.seconds)
     header = ["Method"] + [f"{t} {k}" for t in args.tasks for k in ("final", "best")] + ["s / probe"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -188,7 +178,7 @@ def main() -> None:
     atomic_write_json(
         out / "probe_table.json",
         {
-            "commit": _commit(),
+            "commit": checkout_commit(Path(__file__).resolve().parent),
             "args": vars(args),
             "pipeline_seconds": pipeline_seconds,
             "cells": [{"row": row, "task": task, **cell} for (row, task), cell in table.items()],

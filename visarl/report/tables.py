@@ -7,7 +7,7 @@ import io
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from visarl.report.results import (
     ProbeResult,
     RunResult,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MISSING = "—"
 
@@ -231,7 +234,7 @@ def write_probe_table(results: list[ProbeResult], out_dir: Path) -> tuple[Path, 
     return md_path, csv_path
 
 
-def probe_figure(results: list[ProbeResult]) -> Any:
+def probe_figure(results: list[ProbeResult]) -> Figure:
     """Bars of final probe success per method (colours) and task (groups), with the seeds' std as error bars;
     a matplotlib Figure with a constrained layout (the title and the legend outside the axes stay inside it)."""
     import matplotlib
